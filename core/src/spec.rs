@@ -1,0 +1,369 @@
+//! The app spec (`app.toml`): what a developer writes to run a long-running service.
+//!
+//! Parsing is done once, at the edge, into an `AppSpec` that has been validated; every error
+//! names the field it concerns (`resources.memory: ...`) so the CLI and the API can say exactly
+//! what is wrong. Unknown fields are refused rather than ignored.
+
+use crate::quantity::{Bytes, Millis};
+use crate::resources::Resources;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const MAX_INSTANCES: u32 = 1000;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub name: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    pub resources: ResourceSpec,
+    /// Named ports; the agent allocates a host port for each and passes it as `PORT_<NAME>`
+    /// (and the first one also as `PORT`).
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// Time between SIGTERM and SIGKILL when a task is stopped.
+    #[serde(default = "default_stop_grace")]
+    pub stop_grace: Millis,
+}
+
+fn default_instances() -> u32 {
+    1
+}
+
+fn default_stop_grace() -> Millis {
+    Millis::from_secs(10)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// Milli-cpus: 1000 is one core.
+    pub cpu: u64,
+    pub memory: Bytes,
+    #[serde(default = "default_pids")]
+    pub pids: u64,
+}
+
+fn default_pids() -> u64 {
+    256
+}
+
+impl ResourceSpec {
+    pub fn resources(&self) -> Resources {
+        Resources::new(self.cpu, self.memory.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: ProbeKind,
+    /// For `http`: the path to GET; any 2xx or 3xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// For `http` and `tcp`: which of the app's ports (default: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// For `command`: the program and its arguments; exit 0 is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default = "default_interval")]
+    pub interval: Millis,
+    #[serde(default = "default_timeout")]
+    pub timeout: Millis,
+    /// Time after start during which failures do not count.
+    #[serde(default = "default_grace")]
+    pub grace: Millis,
+    /// Consecutive failures after which the task is restarted.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+}
+
+fn default_interval() -> Millis {
+    Millis::from_secs(2)
+}
+fn default_timeout() -> Millis {
+    Millis::from_secs(1)
+}
+fn default_grace() -> Millis {
+    Millis::from_secs(5)
+}
+fn default_failures() -> u32 {
+    3
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Http,
+    Tcp,
+    Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(default)]
+    pub policy: RestartPolicy,
+    /// First delay before a restart; doubled after each failure up to `max_backoff`.
+    #[serde(default = "default_backoff")]
+    pub backoff: Millis,
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Millis,
+}
+
+fn default_backoff() -> Millis {
+    Millis(500)
+}
+fn default_max_backoff() -> Millis {
+    Millis::from_secs(30)
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        RestartSpec { policy: RestartPolicy::Always, backoff: default_backoff(), max_backoff: default_max_backoff() }
+    }
+}
+
+/// A spec that could not be accepted, with the dotted path of the offending field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError { field: field.into(), message: message.into() }
+    }
+}
+
+impl AppSpec {
+    /// Parses and validates an `app.toml`.
+    pub fn from_toml(text: &str) -> Result<AppSpec, SpecError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| SpecError::new("(document)", e.message().to_string()))?;
+        let spec: AppSpec = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| path_error(e.path(), e.inner().message()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Parses and validates the JSON form of a spec (what the API accepts).
+    pub fn from_json(bytes: &[u8]) -> Result<AppSpec, SpecError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let spec: AppSpec = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| path_error(e.path(), &e.inner().to_string()))?;
+        deserializer.end().map_err(|e| SpecError::new("(document)", e.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_name("name", &self.name)?;
+        if self.command.trim().is_empty() {
+            return Err(SpecError::new("command", "must not be empty"));
+        }
+        for key in self.env.keys() {
+            let valid = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(SpecError::new(format!("env.{key}"), "variable names use letters, digits and _"));
+            }
+        }
+        if self.instances > MAX_INSTANCES {
+            return Err(SpecError::new("instances", format!("must be at most {MAX_INSTANCES}")));
+        }
+        if self.resources.cpu == 0 {
+            return Err(SpecError::new("resources.cpu", "must be at least 1 (milli-cpus)"));
+        }
+        if self.resources.memory.0 < 4 << 20 {
+            return Err(SpecError::new("resources.memory", "must be at least 4Mi"));
+        }
+        if self.resources.pids == 0 {
+            return Err(SpecError::new("resources.pids", "must be at least 1"));
+        }
+        for (index, port) in self.ports.iter().enumerate() {
+            validate_name(&format!("ports[{index}]"), port)?;
+            if self.ports[..index].contains(port) {
+                return Err(SpecError::new(format!("ports[{index}]"), format!("port {port:?} is listed twice")));
+            }
+        }
+        if let Some(health) = &self.health {
+            self.validate_health(health)?;
+        }
+        if self.restart.backoff.0 == 0 || self.restart.max_backoff < self.restart.backoff {
+            return Err(SpecError::new("restart.max_backoff", "must be at least restart.backoff, which must be > 0"));
+        }
+        Ok(())
+    }
+
+    fn validate_health(&self, health: &HealthCheck) -> Result<(), SpecError> {
+        let misplaced = |field: &str, kind: &str| SpecError::new(format!("health.{field}"), format!("is not used by a {kind} check"));
+        match health.kind {
+            ProbeKind::Http => match &health.path {
+                Some(path) if path.starts_with('/') => {}
+                Some(_) => return Err(SpecError::new("health.path", "must start with /")),
+                None => return Err(SpecError::new("health.path", "an http check needs a path")),
+            },
+            ProbeKind::Tcp if health.path.is_some() => return Err(misplaced("path", "tcp")),
+            ProbeKind::Tcp => {}
+            ProbeKind::Command => {
+                if health.path.is_some() {
+                    return Err(misplaced("path", "command"));
+                }
+                if health.port.is_some() {
+                    return Err(misplaced("port", "command"));
+                }
+                if health.command.as_ref().is_none_or(|c| c.is_empty()) {
+                    return Err(SpecError::new("health.command", "a command check needs a program to run"));
+                }
+            }
+        }
+        if health.kind != ProbeKind::Command {
+            if health.command.is_some() {
+                return Err(misplaced("command", "network"));
+            }
+            match &health.port {
+                Some(name) if !self.ports.contains(name) => {
+                    return Err(SpecError::new("health.port", format!("{name:?} is not one of ports")));
+                }
+                None if self.ports.is_empty() => {
+                    return Err(SpecError::new("health.port", "an http or tcp check needs the app to declare a port"));
+                }
+                _ => {}
+            }
+        }
+        if health.interval.0 == 0 || health.timeout.0 == 0 {
+            return Err(SpecError::new("health.interval", "interval and timeout must be > 0"));
+        }
+        if health.failures == 0 {
+            return Err(SpecError::new("health.failures", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Names are DNS labels: they appear in URLs, cgroup paths and log file names.
+pub fn validate_name(field: &str, name: &str) -> Result<(), SpecError> {
+    let valid = (1..=63).contains(&name.len())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(SpecError::new(field, format!("{name:?} must be 1-63 lowercase letters, digits or '-'")))
+    }
+}
+
+fn path_error(path: &serde_path_to_error::Path, message: &str) -> SpecError {
+    let path = path.to_string();
+    let field = if path == "." { "(document)".to_string() } else { path };
+    // serde_json appends the position; the field path already says where.
+    let message = message.split(" at line ").next().unwrap_or(message);
+    SpecError::new(field, message.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+name = "hello"
+command = "python3"
+args = ["-u", "hello.py"]
+instances = 2
+ports = ["http"]
+
+[resources]
+cpu = 250
+memory = "64Mi"
+
+[health]
+type = "http"
+path = "/healthz"
+interval = "1s"
+"#;
+
+    #[test]
+    fn parses_a_complete_spec_with_defaults() {
+        let spec = AppSpec::from_toml(HELLO).expect("valid spec");
+        assert_eq!(spec.instances, 2);
+        assert_eq!(spec.resources.resources(), Resources::new(250, 64 << 20));
+        assert_eq!(spec.resources.pids, 256);
+        assert_eq!(spec.restart.policy, RestartPolicy::Always);
+        let health = spec.health.expect("health");
+        assert_eq!(health.interval, Millis(1000));
+        assert_eq!(health.failures, 3);
+    }
+
+    #[test]
+    fn json_round_trip_is_lossless() {
+        let spec = AppSpec::from_toml(HELLO).expect("valid spec");
+        let json = serde_json::to_vec(&spec).expect("serialize");
+        assert_eq!(AppSpec::from_json(&json), Ok(spec));
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let text = HELLO.replace("cpu = 250", "cpu = 250\ncpus = 2");
+        let error = AppSpec::from_toml(&text).unwrap_err();
+        assert_eq!(error.field, "resources.cpus");
+        assert!(error.message.contains("unknown field `cpus`"), "{error}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let error = AppSpec::from_json(br#"{"name":"a","command":"x","instances":"two","resources":{"cpu":1,"memory":"8Mi"}}"#)
+            .unwrap_err();
+        assert_eq!(error.field, "instances");
+        let error = AppSpec::from_toml(&HELLO.replace("\"64Mi\"", "\"64Qi\"")).unwrap_err();
+        assert_eq!(error.field, "resources.memory");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let cases = [
+            (HELLO.replace("name = \"hello\"", "name = \"Hello World\""), "name"),
+            (HELLO.replace("cpu = 250", "cpu = 0"), "resources.cpu"),
+            (HELLO.replace("instances = 2", "instances = 5000"), "instances"),
+            (HELLO.replace("path = \"/healthz\"", "path = \"healthz\""), "health.path"),
+            (HELLO.replace("ports = [\"http\"]", "ports = []"), "health.port"),
+            (HELLO.replace("\"64Mi\"", "\"1Mi\""), "resources.memory"),
+        ];
+        for (text, field) in cases {
+            assert_eq!(AppSpec::from_toml(&text).unwrap_err().field, field, "{text}");
+        }
+    }
+
+    #[test]
+    fn trailing_garbage_in_json_is_refused() {
+        let spec = AppSpec::from_toml(HELLO).expect("valid spec");
+        let mut json = serde_json::to_vec(&spec).expect("serialize");
+        json.extend_from_slice(b" {}");
+        assert!(AppSpec::from_json(&json).is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! The agent protocol: what a `canopy-agent` and the control service say to each other.
+//!
+//! The agent pulls: it joins once with a single-use join token, then heartbeats with the full
+//! actual state of its tasks and receives the full desired set in the answer. Both sides are
+//! level-triggered, so a lost message is repaired by the next one. Versioned by
+//! `PROTOCOL_VERSION`; the control service refuses versions it does not speak.
+
+use crate::resources::Resources;
+use crate::spec::{HealthCheck, RestartSpec};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub protocol: u32,
+    pub join_token: String,
+    pub name: String,
+    /// The address tasks on this machine are reachable at (their ports bind to it).
+    pub address: String,
+    /// Where the agent's own API (logs) listens, as `host:port`.
+    pub agent_endpoint: String,
+    pub capacity: Resources,
+    pub cgroup_version: u8,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinResponse {
+    pub machine_id: Uuid,
+    /// The agent's own credential for every later call.
+    pub agent_token: String,
+    /// What the control service presents when it calls the agent (logs).
+    pub control_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub protocol: u32,
+    pub agent_endpoint: String,
+    pub tasks: Vec<TaskReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Every task this machine should be running. Anything else it runs must stop.
+    pub desired: Vec<TaskAssignment>,
+    pub heartbeat_interval_ms: u64,
+}
+
+/// Everything an agent needs to run one task; it never asks for more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAssignment {
+    pub task_id: Uuid,
+    pub app: String,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub pids_limit: u64,
+    pub ports: Vec<String>,
+    pub health: Option<HealthCheck>,
+    pub restart: RestartSpec,
+    pub stop_grace_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Running (healthy or not: see `healthy`).
+    Running,
+    /// Ended and waiting for its restart backoff.
+    Restarting,
+    /// Ended with status 0, not restarted.
+    Exited,
+    /// Ended badly, not restarted.
+    Failed,
+    /// Stopped because it is no longer desired.
+    Stopped,
+}
+
+impl RunState {
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Exited | RunState::Failed | RunState::Stopped)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskReport {
+    pub task_id: Uuid,
+    pub state: RunState,
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// `None` while the task has no health check or is still in its grace period.
+    pub healthy: Option<bool>,
+    pub restarts: u32,
+    /// How the last run ended, if it has.
+    pub last_exit: Option<ExitStatus>,
+    pub usage: Usage,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it (the cgroup's oom_kill counter rose).
+    pub oom_killed: bool,
+    pub message: String,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == Some(0) && !self.oom_killed
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+}
