@@ -35,11 +35,7 @@ pub struct Offering {
 
 impl Offering {
     pub fn arch(&self) -> &str {
-        if self.arch.is_empty() {
-            "amd64"
-        } else {
-            &self.arch
-        }
+        if self.arch.is_empty() { "amd64" } else { &self.arch }
     }
 
     /// What one more machine of this offering adds to the hourly bill: nothing for owned
@@ -48,11 +44,7 @@ impl Offering {
         if self.sunk {
             return Some(0);
         }
-        if spot {
-            self.price_spot
-        } else {
-            Some(self.price_on_demand)
-        }
+        if spot { self.price_spot } else { Some(self.price_on_demand) }
     }
 }
 
@@ -68,17 +60,9 @@ pub enum CatalogError {
     #[error("price catalog header lacks column {0}")]
     MissingColumn(&'static str),
     #[error("price catalog line {line}: {field} {value:?} is not a number")]
-    BadNumber {
-        line: usize,
-        field: &'static str,
-        value: String,
-    },
+    BadNumber { line: usize, field: &'static str, value: String },
     #[error("price catalog line {line}: expected {expected} fields, found {found}")]
-    BadWidth {
-        line: usize,
-        expected: usize,
-        found: usize,
-    },
+    BadWidth { line: usize, expected: usize, found: usize },
 }
 
 impl Catalog {
@@ -89,26 +73,10 @@ impl Catalog {
     pub fn from_csv(text: &str) -> Result<Catalog, CatalogError> {
         let mut lines = text.lines().enumerate();
         let header = lines.next().ok_or(CatalogError::Empty)?.1;
-        let columns: HashMap<&str, usize> = header
-            .split(',')
-            .map(str::trim)
-            .enumerate()
-            .map(|(i, c)| (c, i))
-            .collect();
-        let col = |name: &'static str| {
-            columns
-                .get(name)
-                .copied()
-                .ok_or(CatalogError::MissingColumn(name))
-        };
-        let (provider, region, instance_type) =
-            (col("provider")?, col("region")?, col("instance_type")?);
-        let (vcpus, memory, gpus, arch) = (
-            col("vcpus")?,
-            col("memory_gib")?,
-            col("gpus")?,
-            col("arch")?,
-        );
+        let columns: HashMap<&str, usize> = header.split(',').map(str::trim).enumerate().map(|(i, c)| (c, i)).collect();
+        let col = |name: &'static str| columns.get(name).copied().ok_or(CatalogError::MissingColumn(name));
+        let (provider, region, instance_type) = (col("provider")?, col("region")?, col("instance_type")?);
+        let (vcpus, memory, gpus, arch) = (col("vcpus")?, col("memory_gib")?, col("gpus")?, col("arch")?);
         let (on_demand, spot) = (col("price_ondemand_hour")?, col("price_spot_hour")?);
         let width = columns.len();
 
@@ -120,11 +88,7 @@ impl Catalog {
             let line_number = index + 1;
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             if fields.len() != width {
-                return Err(CatalogError::BadWidth {
-                    line: line_number,
-                    expected: width,
-                    found: fields.len(),
-                });
+                return Err(CatalogError::BadWidth { line: line_number, expected: width, found: fields.len() });
             }
             let number = |at: usize, field: &'static str| {
                 parse_micros(fields[at]).ok_or_else(|| CatalogError::BadNumber {
@@ -136,11 +100,7 @@ impl Catalog {
             if fields[on_demand].is_empty() {
                 continue;
             }
-            let price_spot = if fields[spot].is_empty() {
-                None
-            } else {
-                Some(number(spot, "price_spot_hour")?)
-            };
+            let price_spot = if fields[spot].is_empty() { None } else { Some(number(spot, "price_spot_hour")?) };
             offerings.push(Offering {
                 provider: fields[provider].to_string(),
                 region: fields[region].to_string(),
@@ -239,11 +199,7 @@ pub fn parse_micros(text: &str) -> Option<u64> {
     if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
+    let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
     let mut micros = whole.checked_mul(1_000_000)?;
     let digits = fraction.as_bytes();
     let mut scale = 100_000;
@@ -298,14 +254,8 @@ mod tests {
         let text = "provider,region,instance_type,vcpus,memory_gib,gpus,arch,price_ondemand_hour,price_spot_hour\n\
                     aws,r,t,two,4,0,amd64,0.1,\n";
         let err = Catalog::from_csv(text).expect_err("bad vcpus");
-        assert_eq!(
-            err.to_string(),
-            "price catalog line 2: vcpus \"two\" is not a number"
-        );
-        assert_eq!(
-            Catalog::from_csv("provider\n"),
-            Err(CatalogError::MissingColumn("region"))
-        );
+        assert_eq!(err.to_string(), "price catalog line 2: vcpus \"two\" is not a number");
+        assert_eq!(Catalog::from_csv("provider\n"), Err(CatalogError::MissingColumn("region")));
     }
 
     #[test]
@@ -315,13 +265,7 @@ mod tests {
              custom-default,memory,GiB-hour,0.004237,0.000892\ncustom-default,gpu,GPU-hour,0.95,\n",
         )
         .expect("rates parse");
-        let metal = rates.offering(
-            "baremetal",
-            "dc1",
-            "r740",
-            Resources::new(64_000, 256 * GIB),
-            0,
-        );
+        let metal = rates.offering("baremetal", "dc1", "r740", Resources::new(64_000, 256 * GIB), 0);
         assert_eq!(metal.price_on_demand, 64 * 31_611 + 256 * 4_237);
         assert_eq!(metal.marginal_price(false), Some(0));
     }

@@ -24,8 +24,12 @@ pub(crate) struct Score {
     pub same_group: u32,
     pub same_zone: u32,
     pub same_provider: u32,
-    /// A machine that runs nothing can be given back: putting work on it costs its price.
-    /// A busy or owned machine costs nothing more.
+    /// A machine that runs nothing could be given back, so putting work there adds to the
+    /// bill: any busy (or owned) machine that fits comes first.
+    pub opens: bool,
+    /// Then the task's share of the machine's price by its dominant resource: it picks the
+    /// machine whose shape suits the task (a memory-heavy task goes where memory is cheap),
+    /// which keeps cpu-rich machines for cpu-heavy work and strands less capacity.
     pub marginal: u64,
     pub leftover_permille: u64,
     pub tie_break: u64,
@@ -48,7 +52,6 @@ struct Pool<'a> {
     zone: u32,
     provider: u32,
     members: Vec<u32>,
-    by_memory: BTreeSet<(u64, u64, u32)>,
     by_cpu: BTreeSet<(u64, u64, u32)>,
     idle: BTreeSet<(u64, u64, u32)>,
 }
@@ -93,8 +96,7 @@ impl<'a> Cluster<'a> {
             let pool = match pool_of.get(&key) {
                 Some(&pool) => pool,
                 None => {
-                    let zone =
-                        cluster.intern(&format!("{}/{}/{}", view.provider, view.region, view.zone));
+                    let zone = cluster.intern(&format!("{}/{}/{}", view.provider, view.region, view.zone));
                     let provider = cluster.intern(&view.provider);
                     let pool = cluster.pools.len() as u32;
                     cluster.pools.push(Pool {
@@ -102,7 +104,6 @@ impl<'a> Cluster<'a> {
                         zone,
                         provider,
                         members: Vec::new(),
-                        by_memory: BTreeSet::new(),
                         by_cpu: BTreeSet::new(),
                         idle: BTreeSet::new(),
                     });
@@ -110,10 +111,7 @@ impl<'a> Cluster<'a> {
                     pool
                 }
             };
-            let (zone, provider) = (
-                cluster.pools[pool as usize].zone,
-                cluster.pools[pool as usize].provider,
-            );
+            let (zone, provider) = (cluster.pools[pool as usize].zone, cluster.pools[pool as usize].provider);
             for (group, &count) in &view.group_counts {
                 let group = cluster.intern(group);
                 *cluster.group_machine.entry((group, index)).or_default() += count;
@@ -126,14 +124,9 @@ impl<'a> Cluster<'a> {
                 free: view.free(),
                 free_gpus: view.free_gpus(),
                 pool,
-                in_use: view.sunk
-                    || view.price == 0
-                    || view.allocated != Resources::ZERO
-                    || view.gpus_allocated > 0,
+                in_use: view.sunk || view.price == 0 || view.allocated != Resources::ZERO || view.gpus_allocated > 0,
                 open: false,
-                tie_break: mix(
-                    seed ^ mix(view.id.as_u128() as u64 ^ (view.id.as_u128() >> 64) as u64)
-                ),
+                tie_break: mix(seed ^ mix(view.id.as_u128() as u64 ^ (view.id.as_u128() >> 64) as u64)),
             });
             cluster.pools[pool as usize].members.push(index);
             if open {
@@ -166,10 +159,7 @@ impl<'a> Cluster<'a> {
         let (free, in_use, price) = (slot.free, slot.in_use, slot.view.price);
         let pool = &mut self.pools[slot.pool as usize];
         if in_use {
-            pool.by_memory
-                .insert((free.memory_bytes, free.milli_cpu, index));
-            pool.by_cpu
-                .insert((free.milli_cpu, free.memory_bytes, index));
+            pool.by_cpu.insert((free.milli_cpu, free.memory_bytes, index));
         } else {
             pool.idle.insert((price, free.memory_bytes, index));
         }
@@ -184,10 +174,7 @@ impl<'a> Cluster<'a> {
         slot.open = false;
         let (free, price) = (slot.free, slot.view.price);
         let pool = &mut self.pools[slot.pool as usize];
-        pool.by_memory
-            .remove(&(free.memory_bytes, free.milli_cpu, index));
-        pool.by_cpu
-            .remove(&(free.milli_cpu, free.memory_bytes, index));
+        pool.by_cpu.remove(&(free.milli_cpu, free.memory_bytes, index));
         pool.idle.remove(&(price, free.memory_bytes, index));
         self.failures.clear();
     }
@@ -246,9 +233,7 @@ impl<'a> Cluster<'a> {
     }
 
     pub fn same_group_on(&self, index: u32, group: &str) -> u32 {
-        self.group_id(group)
-            .and_then(|g| self.group_machine.get(&(g, index)).copied())
-            .unwrap_or(0)
+        self.group_id(group).and_then(|g| self.group_machine.get(&(g, index)).copied()).unwrap_or(0)
     }
 
     /// Whether `task` may go on machine `index` right now (open, allowed, and it fits).
@@ -259,8 +244,7 @@ impl<'a> Cluster<'a> {
         }
         let pool = slot.pool;
         let eligible = self.eligible_for(task, spot_ok);
-        self.eligible[eligible].pools.binary_search(&pool).is_ok()
-            && self.fits_resources(index, task)
+        self.eligible[eligible].pools.binary_search(&pool).is_ok() && self.fits_resources(index, task)
     }
 
     fn fits_resources(&self, index: u32, task: &TaskAsk) -> bool {
@@ -276,16 +260,11 @@ impl<'a> Cluster<'a> {
         if let Some(&at) = self.eligible_index.get(&(&task.constraints, spot_ok)) {
             return at;
         }
-        let mut eligible = Eligible {
-            pools: Vec::new(),
-            filtered: BTreeMap::new(),
-        };
+        let mut eligible = Eligible { pools: Vec::new(), filtered: BTreeMap::new() };
         for (index, pool) in self.pools.iter().enumerate() {
             match rejects(pool.rep, task, spot_ok) {
                 None => eligible.pools.push(index as u32),
-                Some(filter) => {
-                    *eligible.filtered.entry(filter).or_default() += pool.members.len() as u32
-                }
+                Some(filter) => *eligible.filtered.entry(filter).or_default() += pool.members.len() as u32,
             }
         }
         let at = self.eligible.len();
@@ -298,22 +277,14 @@ impl<'a> Cluster<'a> {
     pub fn find(&mut self, task: &'a TaskAsk, spot_ok: bool) -> Result<(u32, Score), NoFit> {
         let eligible = self.eligible_for(task, spot_ok);
         let group = self.group_id(&task.group);
-        let failure_key: FailureKey<'a> = (
-            task.resources,
-            task.gpus,
-            eligible,
-            group.filter(|_| task.spread.max_per_machine > 0),
-        );
+        let failure_key: FailureKey<'a> =
+            (task.resources, task.gpus, eligible, group.filter(|_| task.spread.max_per_machine > 0));
         if let Some(reason) = self.failures.get(&failure_key) {
             return Err(reason.clone());
         }
         let spread = task.spread;
         let wants_spread = spread.machines || spread.zones || spread.providers;
-        let limit = if wants_spread {
-            CANDIDATES_SPREAD
-        } else {
-            CANDIDATES_PACK
-        };
+        let limit = if wants_spread { CANDIDATES_SPREAD } else { CANDIDATES_PACK };
         let ask = task.resources;
         let mut best: Option<(Score, u32)> = None;
         for &pool_index in &self.eligible[eligible].pools {
@@ -321,41 +292,41 @@ impl<'a> Cluster<'a> {
             if pool.rep.gpus < task.gpus {
                 continue;
             }
+            // Skip-scan of the (free cpu, free memory) order: at each level of free cpu that
+            // suffices, jump straight to the first machine with enough memory, so only machines
+            // that fit both are visited (levels are few: cpu comes in coarse steps).
             let mut found = 0;
-            let mut by_memory = pool.by_memory.range((ask.memory_bytes, 0, 0)..);
-            let mut by_cpu = pool.by_cpu.range((ask.milli_cpu, 0, 0)..);
-            let (mut memory_done, mut cpu_done) = (false, false);
-            // Walk both orders in turn: whichever dimension is tight, one of them reaches a
-            // fitting machine quickly, and the other walk is cut off at the same length.
-            while found < limit && !(memory_done && cpu_done) {
-                let mut candidates = [None, None];
-                if !memory_done {
-                    candidates[0] = by_memory.next().map(|&(_, _, index)| index);
-                    memory_done = candidates[0].is_none();
+            let mut cursor = (ask.milli_cpu, ask.memory_bytes, 0u32);
+            while found < limit {
+                let Some(&(free_cpu, free_memory, index)) = pool.by_cpu.range(cursor..).next() else {
+                    break;
+                };
+                if free_memory < ask.memory_bytes {
+                    cursor = (free_cpu, ask.memory_bytes, 0);
+                    continue;
                 }
-                if !cpu_done {
-                    candidates[1] = by_cpu.next().map(|&(_, _, index)| index);
-                    cpu_done = candidates[1].is_none();
-                }
-                for index in candidates.into_iter().flatten() {
-                    if self.fits_resources(index, task) {
-                        found += 1;
-                        let score = self.score(index, task, group, 0);
-                        if best.is_none_or(|(b, _)| score < b) {
-                            best = Some((score, index));
-                        }
+                cursor = (free_cpu, free_memory, index + 1);
+                if self.fits_resources(index, task) {
+                    found += 1;
+                    let view = self.slots[index as usize].view;
+                    let marginal = share_cost(task.resources, view.capacity, view.price);
+                    let score = self.score(index, task, group, false, marginal);
+                    if best.is_none_or(|(b, _)| score < b) {
+                        best = Some((score, index));
                     }
                 }
             }
         }
         // An idle machine is only worth it when no busy one fits (or all the busy ones that
-        // fit already run the group): then the cheapest idle machine that fits, anywhere.
+        // fit already run the group): then the idle machine that fits at the
+        // lowest share cost, anywhere (the idle machines of one pool are interchangeable).
         if best.is_none_or(|(b, _)| wants_spread && b.same_group > 0) {
             for &pool_index in &self.eligible[eligible].pools {
                 for &(_, _, index) in &self.pools[pool_index as usize].idle {
                     if self.fits_resources(index, task) {
-                        let score =
-                            self.score(index, task, group, self.slots[index as usize].view.price);
+                        let view = self.slots[index as usize].view;
+                        let marginal = share_cost(task.resources, view.capacity, view.price);
+                        let score = self.score(index, task, group, true, marginal);
                         if best.is_none_or(|(b, _)| score < b) {
                             best = Some((score, index));
                         }
@@ -374,46 +345,22 @@ impl<'a> Cluster<'a> {
         }
     }
 
-    fn score(&self, index: u32, task: &TaskAsk, group: Option<u32>, marginal: u64) -> Score {
+    fn score(&self, index: u32, task: &TaskAsk, group: Option<u32>, opens: bool, marginal: u64) -> Score {
         let slot = &self.slots[index as usize];
         let pool = &self.pools[slot.pool as usize];
-        let count = |map: &HashMap<(u32, u32), u32, Fx>, key: u32| {
-            group.and_then(|g| map.get(&(g, key)).copied()).unwrap_or(0)
-        };
-        let Spread {
-            machines,
-            zones,
-            providers,
-            ..
-        } = task.spread;
+        let count =
+            |map: &HashMap<(u32, u32), u32, Fx>, key: u32| group.and_then(|g| map.get(&(g, key)).copied()).unwrap_or(0);
+        let Spread { machines, zones, providers, .. } = task.spread;
         let leftover = |free: u64, ask: u64, capacity: u64| (free - ask) * 1000 / capacity.max(1);
         let capacity = slot.view.capacity;
         Score {
-            same_group: if machines {
-                count(&self.group_machine, index)
-            } else {
-                0
-            },
-            same_zone: if zones {
-                count(&self.group_zone, pool.zone)
-            } else {
-                0
-            },
-            same_provider: if providers {
-                count(&self.group_provider, pool.provider)
-            } else {
-                0
-            },
+            same_group: if machines { count(&self.group_machine, index) } else { 0 },
+            same_zone: if zones { count(&self.group_zone, pool.zone) } else { 0 },
+            same_provider: if providers { count(&self.group_provider, pool.provider) } else { 0 },
+            opens,
             marginal,
-            leftover_permille: leftover(
-                slot.free.milli_cpu,
-                task.resources.milli_cpu,
-                capacity.milli_cpu,
-            ) + leftover(
-                slot.free.memory_bytes,
-                task.resources.memory_bytes,
-                capacity.memory_bytes,
-            ),
+            leftover_permille: leftover(slot.free.milli_cpu, task.resources.milli_cpu, capacity.milli_cpu)
+                + leftover(slot.free.memory_bytes, task.resources.memory_bytes, capacity.memory_bytes),
             tie_break: slot.tie_break,
         }
     }
@@ -449,6 +396,12 @@ impl<'a> Cluster<'a> {
     }
 }
 
+/// `ask`'s share of `price` on a machine of `capacity`, by its dominant resource.
+pub(crate) fn share_cost(ask: Resources, capacity: Resources, price: u64) -> u64 {
+    let share = |a: u64, c: u64| (a as u128 * price as u128).checked_div(c as u128).unwrap_or(0);
+    share(ask.milli_cpu, capacity.milli_cpu).max(share(ask.memory_bytes, capacity.memory_bytes)) as u64
+}
+
 /// The first rule that keeps `task` off machines like `machine`, if any.
 pub(crate) fn rejects(machine: &MachineView, task: &TaskAsk, spot_ok: bool) -> Option<Filter> {
     let c = &task.constraints;
@@ -459,11 +412,7 @@ pub(crate) fn rejects(machine: &MachineView, task: &TaskAsk, spot_ok: bool) -> O
         Some(Filter::Region)
     } else if !any(&c.zones, &machine.zone) {
         Some(Filter::Zone)
-    } else if c
-        .labels
-        .iter()
-        .any(|(k, v)| machine.labels.get(k) != Some(v))
-    {
+    } else if c.labels.iter().any(|(k, v)| machine.labels.get(k) != Some(v)) {
         Some(Filter::Label)
     } else if c.arch.as_deref().is_some_and(|arch| arch != machine.arch()) {
         Some(Filter::Arch)
@@ -474,7 +423,8 @@ pub(crate) fn rejects(machine: &MachineView, task: &TaskAsk, spot_ok: bool) -> O
     }
 }
 
-/// Machines alike in everything a constraint can look at share a pool.
+/// Machines alike in everything a constraint can look at, of one size and price, share a pool
+/// (so the idle machines of a pool are interchangeable).
 #[derive(PartialEq, Eq, Hash)]
 struct PoolKey<'a> {
     provider: &'a str,
@@ -484,6 +434,8 @@ struct PoolKey<'a> {
     labels: &'a BTreeMap<String, String>,
     gpus: u32,
     spot: bool,
+    capacity: Resources,
+    price: u64,
 }
 
 impl<'a> PoolKey<'a> {
@@ -496,6 +448,8 @@ impl<'a> PoolKey<'a> {
             labels: &view.labels,
             gpus: view.gpus,
             spot: view.spot,
+            capacity: view.capacity,
+            price: view.price,
         }
     }
 }
@@ -506,10 +460,7 @@ trait MinEach {
 
 impl MinEach for Resources {
     fn min_each(&self, other: &Resources) -> Resources {
-        Resources::new(
-            self.milli_cpu.min(other.milli_cpu),
-            self.memory_bytes.min(other.memory_bytes),
-        )
+        Resources::new(self.milli_cpu.min(other.milli_cpu), self.memory_bytes.min(other.memory_bytes))
     }
 }
 

@@ -28,11 +28,7 @@ pub struct DisruptionBudget {
 
 impl Default for DisruptionBudget {
     fn default() -> Self {
-        DisruptionBudget {
-            max_moves_per_group: 1,
-            max_drains: u32::MAX,
-            max_utilization_permille: 600,
-        }
+        DisruptionBudget { max_moves_per_group: 1, max_drains: u32::MAX, max_utilization_permille: 600 }
     }
 }
 
@@ -47,24 +43,10 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
         .machines
         .iter()
         .enumerate()
-        .filter(|(_, m)| {
-            !m.sunk && m.price > 0 && !m.do_not_disrupt && m.state != MachineState::Draining
-        })
-        .filter(|(_, m)| {
-            utilization(&m.allocated, &m.capacity) <= u64::from(budget.max_utilization_permille)
-        })
-        .filter(|(_, m)| {
-            tasks_on
-                .get(&m.id)
-                .is_none_or(|tasks| tasks.iter().all(|t| !t.do_not_disrupt))
-        })
-        .map(|(i, m)| {
-            (
-                utilization(&m.allocated, &m.capacity),
-                u64::MAX - m.price,
-                i as u32,
-            )
-        })
+        .filter(|(_, m)| !m.sunk && m.price > 0 && !m.do_not_disrupt && m.state != MachineState::Draining)
+        .filter(|(_, m)| utilization(&m.allocated, &m.capacity) <= u64::from(budget.max_utilization_permille))
+        .filter(|(_, m)| tasks_on.get(&m.id).is_none_or(|tasks| tasks.iter().all(|t| !t.do_not_disrupt)))
+        .map(|(i, m)| (utilization(&m.allocated, &m.capacity), u64::MAX - m.price, i as u32))
         .collect();
     candidates.sort_unstable();
     let mut moved: HashMap<&str, u32> = HashMap::new();
@@ -77,20 +59,13 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
         let machine = &snapshot.machines[index as usize];
         let mut tasks: Vec<&RunningTask> = tasks_on.get(&machine.id).cloned().unwrap_or_default();
         tasks.sort_by(|a, b| {
-            b.task
-                .resources
-                .memory_bytes
-                .cmp(&a.task.resources.memory_bytes)
-                .then(a.task.id.cmp(&b.task.id))
+            b.task.resources.memory_bytes.cmp(&a.task.resources.memory_bytes).then(a.task.id.cmp(&b.task.id))
         });
         let mut per_group: HashMap<&str, u32> = HashMap::new();
         for t in &tasks {
             *per_group.entry(t.task.group.as_str()).or_default() += 1;
         }
-        if per_group
-            .iter()
-            .any(|(g, n)| moved.get(g).copied().unwrap_or(0) + n > budget.max_moves_per_group)
-        {
+        if per_group.iter().any(|(g, n)| moved.get(g).copied().unwrap_or(0) + n > budget.max_moves_per_group) {
             continue;
         }
         cluster.close(index);
@@ -98,7 +73,7 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
         let mut all_fit = true;
         for running in &tasks {
             match cluster.find(&running.task, snapshot.policy.allows_spot(&running.task)) {
-                Ok((target, score)) if score.marginal == 0 => {
+                Ok((target, score)) if !score.opens => {
                     cluster.assign(target, &running.task);
                     targets.push((target, &running.task));
                 }
@@ -111,39 +86,19 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
         if all_fit {
             for (running, (target, _)) in tasks.iter().zip(&targets) {
                 let to = cluster.slots[*target as usize].view.id;
-                plan.moves.push(Move {
-                    task: running.task.id,
-                    from: machine.id,
-                    to,
-                });
+                plan.moves.push(Move { task: running.task.id, from: machine.id, to });
             }
-            plan.drains.push(Drain {
-                machine: machine.id,
-                saving: machine.price,
-            });
+            plan.drains.push(Drain { machine: machine.id, saving: machine.price });
         } else {
             for (target, task) in targets {
                 cluster.release(target, task);
             }
-            match cheaper_replacement(
-                snapshot,
-                machine.price,
-                &tasks,
-                seed,
-                plan.provisions.len() as u64,
-            ) {
+            match cheaper_replacement(snapshot, machine.price, &tasks, seed, plan.provisions.len() as u64) {
                 Some(provision) => {
                     for running in &tasks {
-                        plan.moves.push(Move {
-                            task: running.task.id,
-                            from: machine.id,
-                            to: provision.id,
-                        });
+                        plan.moves.push(Move { task: running.task.id, from: machine.id, to: provision.id });
                     }
-                    plan.drains.push(Drain {
-                        machine: machine.id,
-                        saving: machine.price - provision.price,
-                    });
+                    plan.drains.push(Drain { machine: machine.id, saving: machine.price - provision.price });
                     plan.provisions.push(provision);
                 }
                 None => {
@@ -163,8 +118,7 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
 /// The dominant resource's share, per mille.
 fn utilization(allocated: &Resources, capacity: &Resources) -> u64 {
     let share = |a: u64, c: u64| a.saturating_mul(1000).checked_div(c).unwrap_or(0);
-    share(allocated.milli_cpu, capacity.milli_cpu)
-        .max(share(allocated.memory_bytes, capacity.memory_bytes))
+    share(allocated.milli_cpu, capacity.milli_cpu).max(share(allocated.memory_bytes, capacity.memory_bytes))
 }
 
 /// The cheapest single machine all of `tasks` accept that costs strictly less than `price`.
@@ -183,12 +137,7 @@ fn cheaper_replacement(
     let spot_ok = tasks.iter().all(|t| snapshot.policy.allows_spot(&t.task));
     let spread_ok = tasks.iter().all(|t| {
         let limit = t.task.spread.max_per_machine;
-        limit == 0
-            || tasks
-                .iter()
-                .filter(|o| o.task.group == t.task.group)
-                .count() as u32
-                <= limit
+        limit == 0 || tasks.iter().filter(|o| o.task.group == t.task.group).count() as u32 <= limit
     });
     if !spread_ok {
         return None;
@@ -210,10 +159,7 @@ fn cheaper_replacement(
             labels: offering.labels.clone(),
             ..Default::default()
         };
-        if tasks
-            .iter()
-            .any(|t| super::cluster::rejects(&view, &t.task, spot_ok).is_some())
-        {
+        if tasks.iter().any(|t| super::cluster::rejects(&view, &t.task, spot_ok).is_some()) {
             continue;
         }
         let mut options = vec![(offering.price_on_demand, false)];
@@ -229,10 +175,7 @@ fn cheaper_replacement(
     let (option_price, index, spot) = best?;
     let offering = &snapshot.catalog.offerings[index];
     Some(Provision {
-        id: Uuid::from_u64_pair(
-            mix(seed ^ 0xc0_5011 ^ counter),
-            mix(seed.rotate_left(21) ^ counter),
-        ),
+        id: Uuid::from_u64_pair(mix(seed ^ 0xc0_5011 ^ counter), mix(seed.rotate_left(21) ^ counter)),
         provider: offering.provider.clone(),
         region: offering.region.clone(),
         zone: offering.zones.first().cloned().unwrap_or_default(),

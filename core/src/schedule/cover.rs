@@ -26,25 +26,14 @@ pub struct CoverBound {
 /// when nothing can cover it (no options, or every option lacks a demanded resource).
 pub fn cover_bound(options: &[(Resources, u64)], demand: Resources) -> Option<CoverBound> {
     // Cores and GiB keep the numbers near 1, where floats are most exact.
-    let (dc, dm) = (
-        demand.milli_cpu as f64 / 1000.0,
-        demand.memory_bytes as f64 / GIB,
-    );
+    let (dc, dm) = (demand.milli_cpu as f64 / 1000.0, demand.memory_bytes as f64 / GIB);
     if dc == 0.0 && dm == 0.0 {
-        return Some(CoverBound {
-            cost: 0.0,
-            per_milli_cpu: 0.0,
-            per_byte: 0.0,
-        });
+        return Some(CoverBound { cost: 0.0, per_milli_cpu: 0.0, per_byte: 0.0 });
     }
     let units: Vec<(f64, f64, f64)> = options
         .iter()
         .map(|(capacity, price)| {
-            (
-                capacity.milli_cpu as f64 / 1000.0,
-                capacity.memory_bytes as f64 / GIB,
-                *price as f64,
-            )
+            (capacity.milli_cpu as f64 / 1000.0, capacity.memory_bytes as f64 / GIB, *price as f64)
         })
         .collect();
     let mut best: Option<(f64, f64, f64)> = None;
@@ -57,10 +46,7 @@ pub fn cover_bound(options: &[(Resources, u64)], demand: Resources) -> Option<Co
         if (dc > 0.0 && c <= 0.0) || (dm > 0.0 && m <= 0.0) {
             continue;
         }
-        let (by_cpu, by_memory) = (
-            if c > 0.0 { dc / c } else { 0.0 },
-            if m > 0.0 { dm / m } else { 0.0 },
-        );
+        let (by_cpu, by_memory) = (if c > 0.0 { dc / c } else { 0.0 }, if m > 0.0 { dm / m } else { 0.0 });
         if by_cpu >= by_memory {
             consider(p * by_cpu, p / c, 0.0);
         } else {
@@ -78,18 +64,10 @@ pub fn cover_bound(options: &[(Resources, u64)], demand: Resources) -> Option<Co
             if xi < 0.0 || xj < 0.0 {
                 continue;
             }
-            consider(
-                pi * xi + pj * xj,
-                (pi * mj - pj * mi) / det,
-                (ci * pj - cj * pi) / det,
-            );
+            consider(pi * xi + pj * xj, (pi * mj - pj * mi) / det, (ci * pj - cj * pi) / det);
         }
     }
-    best.map(|(cost, y_cpu, y_memory)| CoverBound {
-        cost,
-        per_milli_cpu: y_cpu / 1000.0,
-        per_byte: y_memory / GIB,
-    })
+    best.map(|(cost, y_cpu, y_memory)| CoverBound { cost, per_milli_cpu: y_cpu / 1000.0, per_byte: y_memory / GIB })
 }
 
 #[cfg(test)]
@@ -100,11 +78,7 @@ mod tests {
 
     #[test]
     fn one_type_covers_the_binding_dimension() {
-        let bound = cover_bound(
-            &[(Resources::new(2000, 4 * G), 100)],
-            Resources::new(10_000, 4 * G),
-        )
-        .expect("covers");
+        let bound = cover_bound(&[(Resources::new(2000, 4 * G), 100)], Resources::new(10_000, 4 * G)).expect("covers");
         assert!((bound.cost - 500.0).abs() < 1e-6);
         assert!((bound.per_milli_cpu - 0.05).abs() < 1e-9);
     }

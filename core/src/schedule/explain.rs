@@ -48,14 +48,7 @@ pub fn explain(
             return;
         };
         if best.get(provider).is_none_or(|current| cost < current.cost) {
-            best.insert(
-                provider.to_string(),
-                ProviderCost {
-                    provider: provider.to_string(),
-                    cost,
-                    on,
-                },
-            );
+            best.insert(provider.to_string(), ProviderCost { provider: provider.to_string(), cost, on });
         }
     };
     let mut owned: BTreeMap<String, ProviderCost> = BTreeMap::new();
@@ -64,13 +57,7 @@ pub fn explain(
             && machine.free().fits(&task.resources)
             && machine.free_gpus() >= task.gpus
         {
-            offer(
-                &machine.provider,
-                machine.id.to_string(),
-                machine.capacity,
-                machine.price,
-                &mut owned,
-            );
+            offer(&machine.provider, machine.id.to_string(), machine.capacity, machine.price, &mut owned);
         }
     }
     for offering in &snapshot.catalog.offerings {
@@ -79,20 +66,11 @@ pub fn explain(
             && snapshot.policy.allows_region(&offering.region)
         {
             let price = if snapshot.policy.allows_spot(task) {
-                offering
-                    .price_spot
-                    .unwrap_or(offering.price_on_demand)
-                    .min(offering.price_on_demand)
+                offering.price_spot.unwrap_or(offering.price_on_demand).min(offering.price_on_demand)
             } else {
                 offering.price_on_demand
             };
-            offer(
-                &offering.provider,
-                offering.instance_type.clone(),
-                offering.capacity,
-                price,
-                &mut owned,
-            );
+            offer(&offering.provider, offering.instance_type.clone(), offering.capacity, price, &mut owned);
         }
     }
     let chosen = placed.and_then(|(provider, on, capacity, price)| {
@@ -108,12 +86,7 @@ pub fn explain(
         .filter(|p| chosen.as_ref().is_none_or(|c| c.provider != p.provider))
         .min_by(|a, b| a.cost.cmp(&b.cost).then(a.provider.cmp(&b.provider)))
         .cloned();
-    Explanation {
-        task: task.id,
-        chosen,
-        next_best,
-        by_provider,
-    }
+    Explanation { task: task.id, chosen, next_best, by_provider }
 }
 
 /// The task's share of `price` by its dominant resource on a machine of `capacity`.

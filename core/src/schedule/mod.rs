@@ -25,9 +25,8 @@ pub use consolidate::{DisruptionBudget, consolidate};
 pub use cover::{CoverBound, cover_bound};
 pub use explain::{Explanation, ProviderCost, explain};
 pub use model::{
-    Constraints, Dimension, Drain, Filter, MachineState, MachineView, MicrosPerHour, Move, NoFit,
-    Placement, Plan, Preemption, Provision, RunningTask, Snapshot, Spread, TaskAsk, Unplaced,
-    WorkloadKind,
+    Constraints, Dimension, Drain, Filter, MachineState, MachineView, MicrosPerHour, Move, NoFit, Placement, Plan,
+    Preemption, Provision, RunningTask, Snapshot, Spread, TaskAsk, Unplaced, WorkloadKind,
 };
 pub use policy::{Policy, Quota, SpotPolicy};
 
@@ -44,20 +43,8 @@ pub fn schedule(snapshot: &Snapshot, pending: &[TaskAsk], seed: u64) -> Plan {
     // Buying room comes before evicting anyone: preemption is for work that cannot be bought
     // room for (no catalog, policy, quota).
     let unplaced = planner::provision(snapshot, unplaced, seed, &mut plan.provisions);
-    let unplaced = preempt::preempt(
-        &mut cluster,
-        &snapshot.running,
-        unplaced,
-        &snapshot.policy,
-        &mut plan,
-    );
-    plan.unplaced = unplaced
-        .into_iter()
-        .map(|(task, reason)| Unplaced {
-            task: task.id,
-            reason,
-        })
-        .collect();
+    let unplaced = preempt::preempt(&mut cluster, &snapshot.running, unplaced, &snapshot.policy, &mut plan);
+    plan.unplaced = unplaced.into_iter().map(|(task, reason)| Unplaced { task: task.id, reason }).collect();
     plan
 }
 

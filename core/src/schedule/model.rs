@@ -70,11 +70,7 @@ impl MachineView {
     }
 
     pub fn arch(&self) -> &str {
-        if self.arch.is_empty() {
-            "amd64"
-        } else {
-            &self.arch
-        }
+        if self.arch.is_empty() { "amd64" } else { &self.arch }
     }
 }
 
@@ -100,9 +96,7 @@ pub struct Snapshot {
     pub policy: Policy,
 }
 
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkloadKind {
     /// Long-running; replicas are spread.
@@ -140,12 +134,7 @@ pub struct Spread {
 
 impl Default for Spread {
     fn default() -> Self {
-        Spread {
-            machines: true,
-            max_per_machine: 0,
-            zones: false,
-            providers: false,
-        }
+        Spread { machines: true, max_per_machine: 0, zones: false, providers: false }
     }
 }
 
@@ -306,11 +295,7 @@ impl fmt::Display for NoFit {
             f.write_str(")")?;
         }
         if self.offerings_evaluated > 0 {
-            write!(
-                f,
-                "; no offering fits (evaluated {}",
-                self.offerings_evaluated
-            )?;
+            write!(f, "; no offering fits (evaluated {}", self.offerings_evaluated)?;
             for (filter, count) in &self.offerings_filtered {
                 write!(f, "; {} filtered {count}", filter.as_str())?;
             }

@@ -12,25 +12,14 @@ use super::policy::Policy;
 /// `pending` in placement order: priority, then size relative to the machines here, then id
 /// (so the order never depends on the caller's).
 pub(crate) fn order<'a>(pending: &'a [TaskAsk], machines: &[MachineView]) -> Vec<&'a TaskAsk> {
-    let largest_cpu = machines
-        .iter()
-        .map(|m| m.capacity.milli_cpu)
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let largest_memory = machines
-        .iter()
-        .map(|m| m.capacity.memory_bytes)
-        .max()
-        .unwrap_or(0)
-        .max(1);
+    let largest_cpu = machines.iter().map(|m| m.capacity.milli_cpu).max().unwrap_or(0).max(1);
+    let largest_memory = machines.iter().map(|m| m.capacity.memory_bytes).max().unwrap_or(0).max(1);
     let size = |task: &TaskAsk| {
         let cpu = task.resources.milli_cpu as u128 * 1_000_000 / largest_cpu as u128;
         let memory = task.resources.memory_bytes as u128 * 1_000_000 / largest_memory as u128;
         cpu.max(memory) + u128::from(task.gpus) * 1_000_000_000
     };
-    let mut keyed: Vec<(i32, u128, &TaskAsk)> =
-        pending.iter().map(|t| (t.priority, size(t), t)).collect();
+    let mut keyed: Vec<(i32, u128, &TaskAsk)> = pending.iter().map(|t| (t.priority, size(t), t)).collect();
     keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.id.cmp(&b.2.id)));
     keyed.into_iter().map(|(_, _, task)| task).collect()
 }
@@ -47,10 +36,7 @@ pub(crate) fn place_all<'a>(
         match cluster.find(task, policy.allows_spot(task)) {
             Ok((index, _)) => {
                 cluster.assign(index, task);
-                plan.placements.push(Placement {
-                    task: task.id,
-                    machine: cluster.slots[index as usize].view.id,
-                });
+                plan.placements.push(Placement { task: task.id, machine: cluster.slots[index as usize].view.id });
             }
             Err(reason) => unplaced.push((task, reason)),
         }

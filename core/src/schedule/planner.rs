@@ -79,11 +79,7 @@ pub(crate) fn provision<'a>(
     let classes = classify(&unplaced, snapshot, &mut reasons);
 
     // Providers by number, and the room each one's quota leaves after existing machines.
-    let mut providers: Vec<&str> = catalog
-        .offerings
-        .iter()
-        .map(|o| o.provider.as_str())
-        .collect();
+    let mut providers: Vec<&str> = catalog.offerings.iter().map(|o| o.provider.as_str()).collect();
     providers.sort_unstable();
     providers.dedup();
     let mut room: Vec<Room> = providers
@@ -91,15 +87,10 @@ pub(crate) fn provision<'a>(
         .map(|&provider| {
             let quota = policy.quotas.get(provider).copied().unwrap_or_default();
             let existing = snapshot.machines.iter().filter(|m| m.provider == provider);
-            let (count, cpu) =
-                existing.fold((0u64, 0u64), |(n, c), m| (n + 1, c + m.capacity.milli_cpu));
+            let (count, cpu) = existing.fold((0u64, 0u64), |(n, c), m| (n + 1, c + m.capacity.milli_cpu));
             Room {
-                machines: quota
-                    .max_machines
-                    .map_or(u64::MAX, |max| u64::from(max).saturating_sub(count)),
-                milli_cpu: quota
-                    .max_milli_cpu
-                    .map_or(u64::MAX, |max| max.saturating_sub(cpu)),
+                machines: quota.max_machines.map_or(u64::MAX, |max| u64::from(max).saturating_sub(count)),
+                milli_cpu: quota.max_milli_cpu.map_or(u64::MAX, |max| max.saturating_sub(cpu)),
             }
         })
         .collect();
@@ -117,24 +108,11 @@ pub(crate) fn provision<'a>(
         if policy_filtered > 0 {
             filtered.insert(Filter::Policy, policy_filtered);
         }
-        let eligible = candidates(
-            &catalog.offerings,
-            &allowed,
-            &providers,
-            class.exemplar,
-            class.spot_ok,
-            &mut filtered,
-        );
+        let eligible =
+            candidates(&catalog.offerings, &allowed, &providers, class.exemplar, class.spot_ok, &mut filtered);
         let efficient = pareto(&eligible);
         assign_values(&mut class, &efficient);
-        fill_class(
-            &mut class,
-            &efficient,
-            &catalog.offerings,
-            &mut room,
-            seed,
-            provisions,
-        );
+        fill_class(&mut class, &efficient, &catalog.offerings, &mut room, seed, provisions);
 
         for shape in &class.shapes {
             for &task in &shape.tasks[shape.next..] {
@@ -143,9 +121,7 @@ pub(crate) fn provision<'a>(
                 reason.offerings_filtered = filtered.clone();
                 for candidate in &eligible {
                     match short_of(candidate, shape) {
-                        Some(dimension) => {
-                            *reason.offerings_too_small.entry(dimension).or_default() += 1
-                        }
+                        Some(dimension) => *reason.offerings_too_small.entry(dimension).or_default() += 1,
                         None => *reason.offerings_filtered.entry(Filter::Quota).or_default() += 1,
                     }
                 }
@@ -176,34 +152,22 @@ fn classify<'a>(
             (true, _) if task.kind == super::model::WorkloadKind::Service => 1,
             _ => u32::MAX,
         };
-        let class = *class_of
-            .entry((&task.constraints, spot_ok, per_machine))
-            .or_insert_with(|| {
-                classes.push(Class {
-                    exemplar: task,
-                    spot_ok,
-                    shapes: Vec::new(),
-                });
-                classes.len() - 1
+        let class = *class_of.entry((&task.constraints, spot_ok, per_machine)).or_insert_with(|| {
+            classes.push(Class { exemplar: task, spot_ok, shapes: Vec::new() });
+            classes.len() - 1
+        });
+        let group: &'a str = if per_machine == u32::MAX { "" } else { &task.group };
+        let shape = *shape_of.entry((class, task.resources, task.gpus, group)).or_insert_with(|| {
+            classes[class].shapes.push(Shape {
+                resources: task.resources,
+                gpus: task.gpus,
+                per_machine,
+                tasks: Vec::new(),
+                next: 0,
+                value: 0.0,
             });
-        let group: &'a str = if per_machine == u32::MAX {
-            ""
-        } else {
-            &task.group
-        };
-        let shape = *shape_of
-            .entry((class, task.resources, task.gpus, group))
-            .or_insert_with(|| {
-                classes[class].shapes.push(Shape {
-                    resources: task.resources,
-                    gpus: task.gpus,
-                    per_machine,
-                    tasks: Vec::new(),
-                    next: 0,
-                    value: 0.0,
-                });
-                classes[class].shapes.len() - 1
-            });
+            classes[class].shapes.len() - 1
+        });
         classes[class].shapes[shape].tasks.push(task);
     }
     classes
@@ -241,29 +205,16 @@ fn candidates(
             continue;
         }
         let provider = providers.binary_search(&o.provider.as_str()).unwrap_or(0) as u32;
-        let base = Candidate {
-            offering: index,
-            spot: false,
-            capacity: o.capacity,
-            gpus: o.gpus,
-            marginal: 0,
-            provider,
-        };
+        let base =
+            Candidate { offering: index, spot: false, capacity: o.capacity, gpus: o.gpus, marginal: 0, provider };
         if let Some(price) = o.marginal_price(false) {
-            out.push(Candidate {
-                marginal: price,
-                ..base
-            });
+            out.push(Candidate { marginal: price, ..base });
         }
         if !o.sunk
             && spot_ok
             && let Some(price) = o.price_spot
         {
-            out.push(Candidate {
-                spot: true,
-                marginal: price,
-                ..base
-            });
+            out.push(Candidate { spot: true, marginal: price, ..base });
         }
     }
     out
@@ -286,9 +237,7 @@ fn pareto(candidates: &[Candidate]) -> Vec<Candidate> {
     let mut kept: Vec<Candidate> = Vec::new();
     for candidate in sorted {
         let dominated = kept.iter().any(|k| {
-            k.provider == candidate.provider
-                && k.capacity.fits(&candidate.capacity)
-                && k.gpus >= candidate.gpus
+            k.provider == candidate.provider && k.capacity.fits(&candidate.capacity) && k.gpus >= candidate.gpus
         });
         if !dominated {
             kept.push(candidate);
@@ -311,11 +260,8 @@ fn assign_values(class: &mut Class<'_>, candidates: &[Candidate]) {
             )
         })
         .sum();
-    let paid: Vec<(Resources, u64)> = candidates
-        .iter()
-        .filter(|c| c.marginal > 0 && c.gpus == 0)
-        .map(|c| (c.capacity, c.marginal))
-        .collect();
+    let paid: Vec<(Resources, u64)> =
+        candidates.iter().filter(|c| c.marginal > 0 && c.gpus == 0).map(|c| (c.capacity, c.marginal)).collect();
     let bound = cover_bound(&paid, demand);
     let (per_cpu, per_byte) = bound.map_or((0.0, 0.0), |b| (b.per_milli_cpu, b.per_byte));
     let per_gpu = candidates
@@ -325,18 +271,14 @@ fn assign_values(class: &mut Class<'_>, candidates: &[Candidate]) {
         .fold(f64::INFINITY, f64::min);
     let per_gpu = if per_gpu.is_finite() { per_gpu } else { 1e6 };
     for shape in &mut class.shapes {
-        let size = shape.resources.milli_cpu as f64 / 1000.0
-            + shape.resources.memory_bytes as f64 / (4u64 << 30) as f64;
+        let size =
+            shape.resources.milli_cpu as f64 / 1000.0 + shape.resources.memory_bytes as f64 / (4u64 << 30) as f64;
         shape.value = per_cpu * shape.resources.milli_cpu as f64
             + per_byte * shape.resources.memory_bytes as f64
             + per_gpu * f64::from(shape.gpus)
             + 1e-3 * size;
     }
-    class.shapes.sort_by(|a, b| {
-        b.value
-            .total_cmp(&a.value)
-            .then(a.tasks[0].id.cmp(&b.tasks[0].id))
-    });
+    class.shapes.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.tasks[0].id.cmp(&b.tasks[0].id)));
 }
 
 /// How many of each shape one machine of `capacity` holds, greedily largest first.
@@ -351,9 +293,7 @@ fn fill(capacity: Resources, gpus: u32, shapes: &[Shape<'_>]) -> (Fill, f64) {
             continue;
         }
         let by = |free: u64, need: u64| free.checked_div(need).unwrap_or(u64::MAX);
-        let gpu_room = free_gpus
-            .checked_div(shape.gpus)
-            .map_or(u64::MAX, u64::from);
+        let gpu_room = free_gpus.checked_div(shape.gpus).map_or(u64::MAX, u64::from);
         let n = by(free.milli_cpu, shape.resources.milli_cpu)
             .min(by(free.memory_bytes, shape.resources.memory_bytes))
             .min(gpu_room)
@@ -397,12 +337,7 @@ fn fill_class(
             // stays small ("fewer, larger machines only when cheaper").
             let better = best.as_ref().is_none_or(|(r, v, _, _)| {
                 ratio < *r * (1.0 - 1e-9)
-                    || (ratio <= *r * (1.0 + 1e-9)
-                        && if candidate.marginal == 0 {
-                            value > *v
-                        } else {
-                            value < *v
-                        })
+                    || (ratio <= *r * (1.0 + 1e-9) && if candidate.marginal == 0 { value > *v } else { value < *v })
             });
             if better {
                 best = Some((ratio, value, index, taken));
@@ -413,32 +348,18 @@ fn fill_class(
         };
         let candidate = candidates[index];
         // The same machine fill repeats while every shape it takes has enough left.
-        let mut repeat = taken
-            .iter()
-            .map(|&(s, n)| class.shapes[s].remaining() / n)
-            .min()
-            .unwrap_or(1)
-            .max(1) as u64;
+        let mut repeat = taken.iter().map(|&(s, n)| class.shapes[s].remaining() / n).min().unwrap_or(1).max(1) as u64;
         let left = &mut room[candidate.provider as usize];
-        repeat = repeat
-            .min(left.machines)
-            .min(left.milli_cpu / candidate.capacity.milli_cpu.max(1))
-            .max(1);
+        repeat = repeat.min(left.machines).min(left.milli_cpu / candidate.capacity.milli_cpu.max(1)).max(1);
         left.machines = left.machines.saturating_sub(repeat);
-        left.milli_cpu = left
-            .milli_cpu
-            .saturating_sub(repeat * candidate.capacity.milli_cpu);
+        left.milli_cpu = left.milli_cpu.saturating_sub(repeat * candidate.capacity.milli_cpu);
         let offering = &offerings[candidate.offering as usize];
         for _ in 0..repeat {
             let counter = provisions.len() as u64;
             let mut tasks = Vec::new();
             for &(s, n) in &taken {
                 let shape = &mut class.shapes[s];
-                tasks.extend(
-                    shape.tasks[shape.next..shape.next + n as usize]
-                        .iter()
-                        .map(|t| t.id),
-                );
+                tasks.extend(shape.tasks[shape.next..shape.next + n as usize].iter().map(|t| t.id));
                 shape.next += n as usize;
             }
             provisions.push(Provision {
@@ -449,11 +370,7 @@ fn fill_class(
                 instance_type: offering.instance_type.clone(),
                 capacity: offering.capacity,
                 spot: candidate.spot,
-                price: if candidate.spot {
-                    candidate.marginal
-                } else {
-                    offering.price_on_demand
-                },
+                price: if candidate.spot { candidate.marginal } else { offering.price_on_demand },
                 sunk: offering.sunk,
                 tasks,
             });

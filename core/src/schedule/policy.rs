@@ -30,10 +30,7 @@ pub struct SpotPolicy {
 
 impl Default for SpotPolicy {
     fn default() -> Self {
-        SpotPolicy {
-            service: false,
-            batch: true,
-        }
+        SpotPolicy { service: false, batch: true }
     }
 }
 

@@ -24,12 +24,8 @@ pub(crate) fn preempt<'a>(
     if running.is_empty() || unplaced.is_empty() {
         return unplaced;
     }
-    let index_of: HashMap<Uuid, u32> = cluster
-        .slots
-        .iter()
-        .enumerate()
-        .map(|(i, slot)| (slot.view.id, i as u32))
-        .collect();
+    let index_of: HashMap<Uuid, u32> =
+        cluster.slots.iter().enumerate().map(|(i, slot)| (slot.view.id, i as u32)).collect();
     // Victims per machine, cheapest to lose first: lowest priority, then largest (fewer
     // evictions), then id for determinism.
     let mut victims: HashMap<u32, Vec<&'a RunningTask>> = HashMap::new();
@@ -43,12 +39,7 @@ pub(crate) fn preempt<'a>(
             a.task
                 .priority
                 .cmp(&b.task.priority)
-                .then(
-                    b.task
-                        .resources
-                        .memory_bytes
-                        .cmp(&a.task.resources.memory_bytes),
-                )
+                .then(b.task.resources.memory_bytes.cmp(&a.task.resources.memory_bytes))
                 .then(a.task.id.cmp(&b.task.id))
         });
     }
@@ -62,20 +53,12 @@ pub(crate) fn preempt<'a>(
         // (evictions, highest priority evicted, memory lost, tie-break) -> machine, victims
         let mut best: Option<(VictimCost, u32, Vec<&'a RunningTask>)> = None;
         for &index in &machines {
-            let chosen =
-                evictions_needed(cluster, index, task, spot_ok, &victims[&index], &evicted);
+            let chosen = evictions_needed(cluster, index, task, spot_ok, &victims[&index], &evicted);
             if let Some(chosen) = chosen {
                 let key = (
                     chosen.len(),
-                    chosen
-                        .iter()
-                        .map(|v| v.task.priority)
-                        .max()
-                        .unwrap_or(i32::MIN),
-                    chosen
-                        .iter()
-                        .map(|v| v.task.resources.memory_bytes)
-                        .sum::<u64>(),
+                    chosen.iter().map(|v| v.task.priority).max().unwrap_or(i32::MIN),
+                    chosen.iter().map(|v| v.task.resources.memory_bytes).sum::<u64>(),
                     index as u64,
                 );
                 if best.as_ref().is_none_or(|(b, _, _)| key < *b) {
@@ -95,10 +78,7 @@ pub(crate) fn preempt<'a>(
                     });
                 }
                 cluster.assign(index, task);
-                plan.placements.push(Placement {
-                    task: task.id,
-                    machine: cluster.slots[index as usize].view.id,
-                });
+                plan.placements.push(Placement { task: task.id, machine: cluster.slots[index as usize].view.id });
             }
             None => still_unplaced.push((task, reason)),
         }
