@@ -23,30 +23,23 @@ impl Millis {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("duration {text:?} needs a unit (ms, s, m, h)"))?;
         let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("duration {text:?} must start with a whole number"))?;
+        let number: u64 = number.parse().map_err(|_| format!("duration {text:?} must start with a whole number"))?;
         let factor = match unit {
             "ms" => 1,
             "s" => 1000,
             "m" => 60_000,
             "h" => 3_600_000,
-            _ => return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m, h)")),
+            _ => {
+                return Err(format!("duration {text:?} has unknown unit {unit:?} (use ms, s, m, h)"));
+            }
         };
-        number
-            .checked_mul(factor)
-            .map(Millis)
-            .ok_or_else(|| format!("duration {text:?} is too large"))
+        number.checked_mul(factor).map(Millis).ok_or_else(|| format!("duration {text:?} is too large"))
     }
 }
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
-            write!(f, "{}s", self.0 / 1000)
-        } else {
-            write!(f, "{}ms", self.0)
-        }
+        if self.0.is_multiple_of(1000) { write!(f, "{}s", self.0 / 1000) } else { write!(f, "{}ms", self.0) }
     }
 }
 
@@ -73,9 +66,7 @@ impl Bytes {
         let text = text.trim();
         let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (number, unit) = text.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("size {text:?} must start with a whole number"))?;
+        let number: u64 = number.parse().map_err(|_| format!("size {text:?} must start with a whole number"))?;
         let factor: u64 = match unit {
             "" => 1,
             "K" => 1000,
@@ -86,19 +77,18 @@ impl Bytes {
             "Mi" => 1 << 20,
             "Gi" => 1 << 30,
             "Ti" => 1 << 40,
-            _ => return Err(format!("size {text:?} has unknown unit {unit:?} (use Ki, Mi, Gi or K, M, G)")),
+            _ => {
+                return Err(format!("size {text:?} has unknown unit {unit:?} (use Ki, Mi, Gi or K, M, G)"));
+            }
         };
-        number
-            .checked_mul(factor)
-            .map(Bytes)
-            .ok_or_else(|| format!("size {text:?} is too large"))
+        number.checked_mul(factor).map(Bytes).ok_or_else(|| format!("size {text:?} is too large"))
     }
 }
 
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, shift) in [("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-            if self.0 != 0 && self.0 % (1 << shift) == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{suffix}", self.0 >> shift);
             }
         }
@@ -124,9 +114,7 @@ impl<'de> Deserialize<'de> for Bytes {
                 Ok(Bytes(v))
             }
             fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bytes, E> {
-                u64::try_from(v)
-                    .map(Bytes)
-                    .map_err(|_| E::custom(format!("size {v} must not be negative")))
+                u64::try_from(v).map(Bytes).map_err(|_| E::custom(format!("size {v} must not be negative")))
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
                 Bytes::parse(v).map_err(E::custom)

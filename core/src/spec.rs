@@ -162,10 +162,10 @@ impl SpecError {
 impl AppSpec {
     /// Parses and validates an `app.toml`.
     pub fn from_toml(text: &str) -> Result<AppSpec, SpecError> {
-        let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| SpecError::new("(document)", e.message().to_string()))?;
-        let spec: AppSpec = serde_path_to_error::deserialize(deserializer)
-            .map_err(|e| path_error(e.path(), e.inner().message()))?;
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| SpecError::new("(document)", e.message().to_string()))?;
+        let spec: AppSpec =
+            serde_path_to_error::deserialize(deserializer).map_err(|e| path_error(e.path(), e.inner().message()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -221,7 +221,9 @@ impl AppSpec {
     }
 
     fn validate_health(&self, health: &HealthCheck) -> Result<(), SpecError> {
-        let misplaced = |field: &str, kind: &str| SpecError::new(format!("health.{field}"), format!("is not used by a {kind} check"));
+        let misplaced = |field: &str, kind: &str| {
+            SpecError::new(format!("health.{field}"), format!("is not used by a {kind} check"))
+        };
         match health.kind {
             ProbeKind::Http => match &health.path {
                 Some(path) if path.starts_with('/') => {}
@@ -337,8 +339,9 @@ interval = "1s"
 
     #[test]
     fn wrong_types_name_the_field() {
-        let error = AppSpec::from_json(br#"{"name":"a","command":"x","instances":"two","resources":{"cpu":1,"memory":"8Mi"}}"#)
-            .unwrap_err();
+        let error =
+            AppSpec::from_json(br#"{"name":"a","command":"x","instances":"two","resources":{"cpu":1,"memory":"8Mi"}}"#)
+                .unwrap_err();
         assert_eq!(error.field, "instances");
         let error = AppSpec::from_toml(&HELLO.replace("\"64Mi\"", "\"64Qi\"")).unwrap_err();
         assert_eq!(error.field, "resources.memory");

@@ -1,0 +1,250 @@
+//! A small cgroupfs manager for cgroup v1 and v2.
+//!
+//! The root of each hierarchy is a constructor argument, so tests run the same code against a
+//! temp directory; `detect` finds the real mounts. Every error carries the path it concerns.
+//! A task's cgroup is joined by the child itself between fork and exec (`JoinFiles`), so all
+//! of its memory is charged to its own cgroup from the first byte.
+
+mod v1;
+mod v2;
+
+use canopy_core::Resources;
+use canopy_core::wire::Usage;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cgroup {path}: {source}")]
+pub struct CgroupError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+pub type Result<T> = std::result::Result<T, CgroupError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError { path: path.to_path_buf(), source }
+}
+
+/// Limits applied to one cgroup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub resources: Resources,
+    pub pids: u64,
+}
+
+/// Which cgroup version a host uses, and where its hierarchies are mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cgroups {
+    /// One mount per controller; the paths of `cpu`, `cpuacct`, `memory`, `pids`.
+    V1(v1::Mounts),
+    /// The unified hierarchy's mount point.
+    V2(PathBuf),
+}
+
+impl Cgroups {
+    /// Finds the controllers on this host from /proc/self/mountinfo. Prefers v1 when its memory
+    /// controller is mounted (a hybrid host keeps its controllers there), else v2.
+    pub fn detect() -> Result<Cgroups> {
+        let path = Path::new("/proc/self/mountinfo");
+        let mountinfo = std::fs::read_to_string(path).map_err(io_err(path))?;
+        if let Some(mounts) = v1::Mounts::from_mountinfo(&mountinfo) {
+            return Ok(Cgroups::V1(mounts));
+        }
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(dash) = fields.iter().position(|f| *f == "-") else { continue };
+            if fields.get(dash + 1) == Some(&"cgroup2") {
+                let root = PathBuf::from(fields[4]);
+                let controllers = std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+                if controllers.split_whitespace().any(|c| c == "memory") {
+                    return Ok(Cgroups::V2(root));
+                }
+            }
+        }
+        Err(CgroupError {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(
+                "no cgroup v1 memory hierarchy and no cgroup v2 mount with the memory controller",
+            ),
+        })
+    }
+
+    pub fn v1(mounts: v1::Mounts) -> Cgroups {
+        Cgroups::V1(mounts)
+    }
+
+    pub fn version(&self) -> u8 {
+        match self {
+            Cgroups::V1(_) => 1,
+            Cgroups::V2(_) => 2,
+        }
+    }
+
+    /// Creates (or reuses) the cgroup at `relative` and applies `limits`.
+    pub fn create(&self, relative: &Path, limits: &Limits) -> Result<Cgroup> {
+        match self {
+            Cgroups::V1(mounts) => v1::create(mounts, relative, limits),
+            Cgroups::V2(root) => v2::create(root, relative, limits),
+        }
+        .map(|()| self.open(relative))
+    }
+
+    /// A handle on an existing cgroup (it may have vanished; reads then fail or are empty).
+    pub fn open(&self, relative: &Path) -> Cgroup {
+        Cgroup { cgroups: self.clone(), relative: relative.to_path_buf() }
+    }
+}
+
+/// One cgroup: a task's, or a machine's slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    cgroups: Cgroups,
+    relative: PathBuf,
+}
+
+impl Cgroup {
+    /// The `cgroup.procs` files a process must write itself into to join this cgroup.
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        match &self.cgroups {
+            Cgroups::V1(mounts) => mounts.dirs(&self.relative).into_iter().map(|d| d.join("cgroup.procs")).collect(),
+            Cgroups::V2(root) => vec![root.join(&self.relative).join("cgroup.procs")],
+        }
+    }
+
+    /// Paths prepared for use between fork and exec, where allocating is not allowed.
+    pub fn join_files(&self) -> JoinFiles {
+        JoinFiles(
+            self.procs_files()
+                .into_iter()
+                .filter_map(|p| CString::new(p.into_os_string().into_encoded_bytes()).ok())
+                .collect(),
+        )
+    }
+
+    /// Pids of every process in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .procs_files()
+            .first()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Sends `signal` to every process in the cgroup.
+    pub fn signal_all(&self, signal: i32) {
+        for pid in self.pids() {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        match &self.cgroups {
+            Cgroups::V1(mounts) => v1::usage(mounts, &self.relative),
+            Cgroups::V2(root) => v2::usage(&root.join(&self.relative)),
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        match &self.cgroups {
+            Cgroups::V1(mounts) => v1::oom_kills(mounts, &self.relative),
+            Cgroups::V2(root) => v2::oom_kills(&root.join(&self.relative)),
+        }
+    }
+
+    /// The memory limit in bytes as the kernel holds it.
+    pub fn memory_limit(&self) -> Option<u64> {
+        let path = match &self.cgroups {
+            Cgroups::V1(mounts) => mounts.memory.join(&self.relative).join("memory.limit_in_bytes"),
+            Cgroups::V2(root) => root.join(&self.relative).join("memory.max"),
+        };
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+
+    /// Removes the (empty) cgroup. Missing directories are fine.
+    pub fn remove(&self) -> Result<()> {
+        let dirs = match &self.cgroups {
+            Cgroups::V1(mounts) => mounts.dirs(&self.relative),
+            Cgroups::V2(root) => vec![root.join(&self.relative)],
+        };
+        for dir in dirs {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CgroupError { path: dir, source: e }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `cgroup.procs` paths of a cgroup, ready for a child to join between fork and exec.
+#[derive(Clone, Debug)]
+pub struct JoinFiles(Vec<CString>);
+
+impl JoinFiles {
+    /// Moves the calling process into the cgroup. Only async-signal-safe calls: meant for
+    /// `pre_exec`.
+    pub fn join_self(&self) -> std::io::Result<()> {
+        for path in &self.0 {
+            // SAFETY: open/write/close on a valid NUL-terminated path and a static buffer; all
+            // are async-signal-safe, which is what a forked child may call before exec.
+            unsafe {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = std::io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `mkdir -p` that tolerates concurrent creators: cgroupfs may answer a racing mkdir of the
+/// same directory with errors `create_dir_all` does not expect.
+fn make_dirs(dir: &Path) -> Result<()> {
+    let mut path = PathBuf::new();
+    for part in dir.components() {
+        path.push(part);
+        if path.is_dir() {
+            continue;
+        }
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(_) if path.is_dir() => {}
+            Err(source) => return Err(CgroupError { path, source }),
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(io_err(path))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat-keyed file such as `memory.events` or `cpu.stat`.
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}

@@ -1,0 +1,472 @@
+//! The task supervisor: keeps the machine's tasks equal to the desired set.
+//!
+//! Each task has one tokio task that starts it, watches it (exit, health), restarts it under
+//! its policy with backoff, and stops it gracefully when asked. The supervisor itself is
+//! level-triggered: `reconcile` takes the full desired set and starts or stops the difference,
+//! so repeating it is harmless. A record per task on disk lets a restarted agent re-adopt
+//! processes that are still alive instead of starting them twice.
+
+use crate::cgroup::{Cgroup, Cgroups};
+use crate::health;
+use crate::launch::{self, TaskPaths};
+use canopy_core::spec::RestartPolicy;
+use canopy_core::wire::{ExitStatus, RunState, TaskAssignment, TaskReport, Usage};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// What every task on this machine shares.
+pub struct Context {
+    pub cgroups: Cgroups,
+    /// Parent cgroup of the tasks' cgroups, relative to the hierarchy root.
+    pub cgroup_parent: PathBuf,
+    pub state_dir: PathBuf,
+    /// The address tasks bind to and are reached at.
+    pub address: String,
+    pub http: reqwest::Client,
+}
+
+impl Context {
+    pub fn paths(&self, task: &Uuid) -> TaskPaths {
+        TaskPaths::new(&self.state_dir, &self.cgroup_parent, task)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Status {
+    state: RunState,
+    pid: Option<u32>,
+    ports: BTreeMap<String, u16>,
+    healthy: Option<bool>,
+    restarts: u32,
+    last_exit: Option<ExitStatus>,
+}
+
+/// What is kept on disk for re-adoption after an agent restart.
+#[derive(Serialize, Deserialize)]
+struct TaskRecord {
+    assignment: TaskAssignment,
+    pid: u32,
+    start_time: u64,
+    ports: BTreeMap<String, u16>,
+    restarts: u32,
+}
+
+struct Handle {
+    status: Arc<Mutex<Status>>,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Supervisor {
+    ctx: Arc<Context>,
+    tasks: HashMap<Uuid, Handle>,
+}
+
+fn lock(status: &Mutex<Status>) -> std::sync::MutexGuard<'_, Status> {
+    status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Supervisor {
+    pub fn new(ctx: Arc<Context>) -> Supervisor {
+        Supervisor { ctx, tasks: HashMap::new() }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Re-adopts tasks left running by a previous agent process: same pid, same start time,
+    /// still inside its cgroup. Records of dead processes are dropped; the desired set will
+    /// start those tasks again.
+    pub fn adopt_existing(&mut self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.ctx.state_dir.join("tasks")) else { return 0 };
+        for entry in entries.flatten() {
+            let path = entry.path().join("task.json");
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(record) = serde_json::from_str::<TaskRecord>(&text) else {
+                tracing::warn!(path = %path.display(), "unreadable task record dropped");
+                let _ = std::fs::remove_file(&path);
+                continue;
+            };
+            let task_id = record.assignment.task_id;
+            let paths = self.ctx.paths(&task_id);
+            let cgroup = self.ctx.cgroups.open(&paths.cgroup);
+            let same_process = launch::alive(record.pid)
+                && launch::start_time(record.pid) == Some(record.start_time)
+                && cgroup.pids().contains(&record.pid);
+            if !same_process {
+                tracing::info!(task = %task_id, pid = record.pid, "task ended while the agent was away");
+                cgroup.signal_all(libc::SIGKILL);
+                let _ = cgroup.remove();
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            tracing::info!(task = %task_id, pid = record.pid, "re-adopted running task");
+            let status = Status {
+                state: RunState::Running,
+                pid: Some(record.pid),
+                ports: record.ports,
+                healthy: None,
+                restarts: record.restarts,
+                last_exit: None,
+            };
+            self.spawn(record.assignment, status, Some(record.pid));
+        }
+        self.tasks.len()
+    }
+
+    /// Reports for every task this agent knows, final ones included until the control
+    /// service has seen them.
+    pub fn reports(&self) -> Vec<TaskReport> {
+        let mut reports: Vec<TaskReport> = self
+            .tasks
+            .iter()
+            .map(|(id, handle)| {
+                let status = lock(&handle.status).clone();
+                let usage = if status.state.is_final() {
+                    Usage::default()
+                } else {
+                    self.ctx.cgroups.open(&self.ctx.paths(id).cgroup).usage()
+                };
+                TaskReport {
+                    task_id: *id,
+                    state: status.state,
+                    pid: status.pid,
+                    ports: status.ports,
+                    healthy: status.healthy,
+                    restarts: status.restarts,
+                    last_exit: status.last_exit,
+                    usage,
+                }
+            })
+            .collect();
+        reports.sort_by_key(|r| r.task_id);
+        reports
+    }
+
+    /// Makes the running set equal to `desired`. Tasks not desired are stopped; final tasks
+    /// that the control service has seen (`acknowledged`) and no longer wants are forgotten.
+    pub fn reconcile(&mut self, desired: Vec<TaskAssignment>, acknowledged: &HashSet<Uuid>) {
+        let wanted: HashSet<Uuid> = desired.iter().map(|a| a.task_id).collect();
+        for assignment in desired {
+            if !self.tasks.contains_key(&assignment.task_id) {
+                match allocate_ports(&self.ctx.address, &assignment.ports) {
+                    Ok(ports) => {
+                        let status = Status {
+                            state: RunState::Running,
+                            pid: None,
+                            ports,
+                            healthy: None,
+                            restarts: 0,
+                            last_exit: None,
+                        };
+                        self.spawn(assignment, status, None);
+                    }
+                    Err(error) => tracing::error!(task = %assignment.task_id, %error, "cannot allocate ports"),
+                }
+            }
+        }
+        let mut forget = Vec::new();
+        for (id, handle) in &self.tasks {
+            if wanted.contains(id) {
+                continue;
+            }
+            let state = lock(&handle.status).state;
+            if state.is_final() {
+                if acknowledged.contains(id) {
+                    forget.push(*id);
+                }
+            } else {
+                let _ = handle.stop.send(true);
+            }
+        }
+        for id in forget {
+            self.tasks.remove(&id);
+        }
+    }
+
+    fn spawn(&mut self, assignment: TaskAssignment, status: Status, adopted: Option<u32>) {
+        let status = Arc::new(Mutex::new(status));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task_id = assignment.task_id;
+        tokio::spawn(run_task(self.ctx.clone(), assignment, status.clone(), stop_rx, adopted));
+        self.tasks.insert(task_id, Handle { status, stop: stop_tx });
+    }
+}
+
+fn allocate_ports(address: &str, names: &[String]) -> std::io::Result<BTreeMap<String, u16>> {
+    // Bind port 0 to let the kernel choose free ports; all listeners are held until every
+    // port is chosen so one task never gets the same port twice.
+    let listeners: Vec<std::net::TcpListener> =
+        names.iter().map(|_| std::net::TcpListener::bind((address, 0))).collect::<Result<_, _>>()?;
+    names.iter().zip(&listeners).map(|(name, listener)| Ok((name.clone(), listener.local_addr()?.port()))).collect()
+}
+
+/// A process this agent started (and can wait for) or adopted (and can only watch).
+enum Process {
+    Child(tokio::process::Child),
+    Adopted(u32),
+}
+
+impl Process {
+    async fn wait(&mut self) -> ExitStatus {
+        match self {
+            Process::Child(child) => match child.wait().await {
+                Ok(status) => ExitStatus {
+                    code: status.code(),
+                    signal: status.signal(),
+                    oom_killed: false,
+                    message: match (status.code(), status.signal()) {
+                        (Some(code), _) => format!("exited with status {code}"),
+                        (None, Some(signal)) => format!("killed by signal {signal}"),
+                        _ => "ended".into(),
+                    },
+                },
+                Err(e) => ExitStatus {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                    message: format!("cannot wait for the process: {e}"),
+                },
+            },
+            Process::Adopted(pid) => {
+                while launch::alive(*pid) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                ExitStatus {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                    message: "ended (exit status unknown: the process was re-adopted after an agent restart)".into(),
+                }
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Exited(ExitStatus),
+    Unhealthy(String),
+    Stop,
+}
+
+async fn run_task(
+    ctx: Arc<Context>,
+    assignment: TaskAssignment,
+    status: Arc<Mutex<Status>>,
+    mut stop: watch::Receiver<bool>,
+    mut adopted: Option<u32>,
+) {
+    let task_id = assignment.task_id;
+    let paths = ctx.paths(&task_id);
+    let ports = lock(&status).ports.clone();
+    let env = launch::environment(&assignment, &ctx.address, &ports);
+    let mut backoff = assignment.restart.backoff.as_std();
+    loop {
+        let started = Instant::now();
+        let (mut process, cgroup) = match adopted.take() {
+            Some(pid) => (Process::Adopted(pid), ctx.cgroups.open(&paths.cgroup)),
+            None => match launch::launch(&ctx.cgroups, &paths, &assignment, &env) {
+                Ok((child, cgroup)) => (Process::Child(child), cgroup),
+                Err(error) => {
+                    // A start that fails is a failed run: the restart policy decides.
+                    tracing::warn!(task = %task_id, %error, "task failed to start");
+                    let exit = ExitStatus { code: None, signal: None, oom_killed: false, message: error.to_string() };
+                    let cgroup = ctx.cgroups.open(&paths.cgroup);
+                    if assignment.restart.policy == RestartPolicy::Never {
+                        finish(&status, &paths, &cgroup, RunState::Failed, Some(exit)).await;
+                        return;
+                    }
+                    if !back_off(&status, exit, backoff, &mut stop).await {
+                        finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
+                        return;
+                    }
+                    backoff = (backoff * 2).min(assignment.restart.max_backoff.as_std());
+                    continue;
+                }
+            },
+        };
+        let pid = match &process {
+            Process::Child(child) => child.id(),
+            Process::Adopted(pid) => Some(*pid),
+        };
+        let oom_before = cgroup.oom_kills();
+        {
+            let mut s = lock(&status);
+            s.state = RunState::Running;
+            s.pid = pid;
+            s.healthy = None;
+        }
+        if let Some(pid) = pid {
+            save_record(&paths, &assignment, pid, &status);
+        }
+        tracing::info!(task = %task_id, app = %assignment.app, pid, "task running");
+
+        let outcome = tokio::select! {
+            exit = process.wait() => Outcome::Exited(exit),
+            reason = watch_health(&ctx, &assignment, &ports, &status) => Outcome::Unhealthy(reason),
+            _ = stopped(&mut stop) => Outcome::Stop,
+        };
+        let mut exit = match outcome {
+            Outcome::Stop => {
+                stop_gracefully(&cgroup, &mut process, pid, Duration::from_millis(assignment.stop_grace_ms)).await;
+                finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
+                tracing::info!(task = %task_id, "task stopped");
+                return;
+            }
+            Outcome::Unhealthy(reason) => {
+                cgroup.signal_all(libc::SIGKILL);
+                let mut exit = process.wait().await;
+                exit.message = format!(
+                    "restarted: health check failed {} times: {reason}",
+                    assignment.health.as_ref().map_or(0, |h| h.failures)
+                );
+                exit
+            }
+            Outcome::Exited(exit) => exit,
+        };
+        if cgroup.oom_kills() > oom_before {
+            exit.oom_killed = true;
+            exit.message = format!(
+                "out of memory: killed by the kernel OOM killer at its {} byte limit",
+                assignment.resources.memory_bytes
+            );
+        }
+        // Whatever the task left behind in its cgroup goes with it.
+        cgroup.signal_all(libc::SIGKILL);
+        tracing::info!(task = %task_id, message = %exit.message, oom = exit.oom_killed, "task ended");
+        let restart = match assignment.restart.policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => !exit.success(),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            let state = if exit.success() { RunState::Exited } else { RunState::Failed };
+            finish(&status, &paths, &cgroup, state, Some(exit)).await;
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = assignment.restart.backoff.as_std();
+        }
+        if !back_off(&status, exit, backoff, &mut stop).await {
+            finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
+            return;
+        }
+        backoff = (backoff * 2).min(assignment.restart.max_backoff.as_std());
+    }
+}
+
+/// Records a run that ended and waits out the restart backoff. False when the task was
+/// asked to stop meanwhile.
+async fn back_off(
+    status: &Mutex<Status>,
+    exit: ExitStatus,
+    backoff: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    {
+        let mut s = lock(status);
+        s.state = RunState::Restarting;
+        s.restarts += 1;
+        s.pid = None;
+        s.healthy = None;
+        s.last_exit = Some(exit);
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(backoff) => true,
+        _ = stopped(stop) => false,
+    }
+}
+
+/// Resolves once the task is asked to stop (or its handle is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Runs the health check until it fails `failures` times in a row; never returns for tasks
+/// without a check.
+async fn watch_health(
+    ctx: &Context,
+    assignment: &TaskAssignment,
+    ports: &BTreeMap<String, u16>,
+    status: &Mutex<Status>,
+) -> String {
+    let Some(check) = &assignment.health else { return std::future::pending().await };
+    tokio::time::sleep(check.grace.as_std()).await;
+    let mut failures = 0;
+    loop {
+        match health::probe(check, &ctx.address, ports, &ctx.http).await {
+            Ok(()) => {
+                failures = 0;
+                lock(status).healthy = Some(true);
+            }
+            Err(reason) => {
+                failures += 1;
+                lock(status).healthy = Some(false);
+                tracing::debug!(task = %assignment.task_id, %reason, failures, "health check failed");
+                if failures >= check.failures {
+                    return reason;
+                }
+            }
+        }
+        tokio::time::sleep(health::interval(check)).await;
+    }
+}
+
+/// SIGTERM to the task's process group and cgroup, then SIGKILL after `grace`.
+async fn stop_gracefully(cgroup: &Cgroup, process: &mut Process, pid: Option<u32>, grace: Duration) {
+    if let Some(pid) = pid {
+        // SAFETY: kill(2) has no memory-safety preconditions; -pid is the task's session group.
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGTERM) };
+    }
+    cgroup.signal_all(libc::SIGTERM);
+    if tokio::time::timeout(grace, process.wait()).await.is_err() {
+        cgroup.signal_all(libc::SIGKILL);
+        let _ = process.wait().await;
+    }
+    cgroup.signal_all(libc::SIGKILL);
+}
+
+/// Records the final state, removes the task's record and its (emptied) cgroup. Logs stay.
+async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, state: RunState, exit: Option<ExitStatus>) {
+    for _ in 0..50 {
+        if cgroup.pids().is_empty() {
+            break;
+        }
+        cgroup.signal_all(libc::SIGKILL);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Err(error) = cgroup.remove() {
+        tracing::warn!(%error, "cannot remove task cgroup");
+    }
+    let _ = std::fs::remove_file(paths.sandbox.join("task.json"));
+    let mut s = lock(status);
+    s.state = state;
+    s.pid = None;
+    if exit.is_some() {
+        s.last_exit = exit;
+    }
+}
+
+fn save_record(paths: &TaskPaths, assignment: &TaskAssignment, pid: u32, status: &Mutex<Status>) {
+    let Some(start_time) = launch::start_time(pid) else { return };
+    let (ports, restarts) = {
+        let s = lock(status);
+        (s.ports.clone(), s.restarts)
+    };
+    let record = TaskRecord { assignment: assignment.clone(), pid, start_time, ports, restarts };
+    let path = paths.sandbox.join("task.json");
+    let write = serde_json::to_vec(&record).map_err(std::io::Error::other).and_then(|bytes| {
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &path)
+    });
+    if let Err(error) = write {
+        tracing::warn!(path = %path.display(), %error, "cannot save task record; the task will not be re-adopted");
+    }
+}

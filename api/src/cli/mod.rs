@@ -1,0 +1,389 @@
+//! The `canopy` command line: `serve` starts the control service; the rest are clients.
+
+mod client;
+mod table;
+
+pub use client::CliConfig;
+
+use crate::auth::Role;
+use crate::server::{self, ServeConfig};
+use crate::store::{AppDetail, AppSummary, EventRow, MachineRow, NewToken, Store, TeamRow};
+use anyhow::{Context, Result, bail};
+use canopy_core::spec::AppSpec;
+use clap::{Parser, Subcommand, ValueEnum};
+use client::Client;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use table::Table;
+
+#[derive(Parser, Debug)]
+#[command(name = "canopy", version, about = "Canopy: one pool over every cloud")]
+pub struct Cli {
+    /// Control service URL (default from the config file).
+    #[arg(long, global = true, env = "CANOPY_API_URL")]
+    api_url: Option<String>,
+    /// API token (default from the config file).
+    #[arg(long, global = true, env = "CANOPY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// The team whose apps to act on (admin tokens only; team tokens always use their own).
+    #[arg(long, global = true, env = "CANOPY_TEAM")]
+    team: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control service.
+    Serve(ServeArgs),
+    /// Create or update an app from its app.toml and follow it until it is running.
+    Deploy {
+        file: PathBuf,
+        /// Return as soon as the spec is accepted.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// One app's instances, or every app when no name is given.
+    Status { app: Option<String> },
+    /// List apps.
+    Apps,
+    /// List machines in the pool.
+    Machines,
+    /// Print an app instance's log.
+    Logs {
+        app: String,
+        #[arg(long, default_value_t = 0)]
+        instance: u32,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// Bytes from the end of the log.
+        #[arg(long, default_value_t = 64 * 1024)]
+        tail: u64,
+    },
+    /// Set an app's number of instances.
+    Scale { app: String, instances: u32 },
+    /// Delete an app and stop its tasks.
+    Delete { app: String },
+    /// Recent events from the audit log.
+    Events {
+        #[arg(long, default_value_t = 30)]
+        limit: u32,
+    },
+    /// Teams (admin).
+    #[command(subcommand)]
+    Teams(TeamsCommand),
+    /// Create an API token (admin); the secret is printed once.
+    Token {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Create a single-use join token for a new machine's agent (admin).
+    JoinToken {
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TeamsCommand {
+    List,
+    Create { name: String },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "CANOPY_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: String,
+    /// Admin token to create on first start; when unset a random one is printed once.
+    #[arg(long, env = "CANOPY_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[arg(long, env = "CANOPY_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Machines silent for longer than this are declared lost.
+    #[arg(long, env = "CANOPY_MACHINE_TTL_MS", default_value_t = 6000)]
+    machine_ttl_ms: u64,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("{text:?} is not a role (admin, developer, finance)"))
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args).await;
+    }
+    let config = CliConfig::load(&CliConfig::default_path())?;
+    let api_url = client::require(cli.api_url.or(config.api_url), "api-url")?;
+    let token = client::require(cli.token.or(config.token), "token")?;
+    let client = Client::new(api_url, token, cli.team)?;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Serve(_) => unreachable_serve(),
+        Command::Deploy { file, no_wait, timeout } => deploy(&client, &file, no_wait, timeout, json).await,
+        Command::Status { app: Some(app) } => {
+            let detail: AppDetail = client.get(&format!("/v1/apps/{app}")).await?;
+            print(json, &detail, || status_table(&detail))
+        }
+        Command::Status { app: None } | Command::Apps => {
+            let apps: Vec<AppSummary> = client.get("/v1/apps").await?;
+            print(json, &apps, || {
+                let mut table = Table::new(&["TEAM", "APP", "VERSION", "INSTANCES", "RUNNING", "HEALTHY"]);
+                for a in &apps {
+                    table.row(vec![
+                        a.team.clone(),
+                        a.name.clone(),
+                        a.version.to_string(),
+                        a.instances.to_string(),
+                        a.running.to_string(),
+                        a.healthy.to_string(),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        Command::Machines => {
+            let machines: Vec<MachineRow> = client.get("/v1/machines").await?;
+            print(json, &machines, || {
+                let mut table =
+                    Table::new(&["NAME", "PROVIDER", "STATE", "ADDRESS", "CPU", "MEMORY", "TASKS", "CGROUP"]);
+                for m in &machines {
+                    table.row(vec![
+                        m.name.clone(),
+                        m.provider.clone(),
+                        m.state.clone(),
+                        m.address.clone(),
+                        format!("{}/{}m", m.allocated_milli_cpu, m.capacity_milli_cpu),
+                        format!("{}/{}Mi", m.allocated_memory >> 20, m.capacity_memory >> 20),
+                        m.tasks.to_string(),
+                        format!("v{}", m.cgroup_version),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        Command::Logs { app, instance, stderr, tail } => {
+            let stream = if stderr { "stderr" } else { "stdout" };
+            let query =
+                [("instance", instance.to_string()), ("stream", stream.to_string()), ("tail", tail.to_string())];
+            let text = client.get_text(&format!("/v1/apps/{app}/logs"), &query).await?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Scale { app, instances } => {
+            let detail: AppDetail =
+                client.post(&format!("/v1/apps/{app}/scale"), &serde_json::json!({"instances": instances})).await?;
+            print(json, &detail, || format!("{} scaled to {} instances\n", app, detail.summary.instances))
+        }
+        Command::Delete { app } => {
+            client.delete(&format!("/v1/apps/{app}")).await?;
+            print(json, &serde_json::json!({"deleted": app}), || format!("{app} deleted; its tasks are stopping\n"))
+        }
+        Command::Events { limit } => {
+            let events: Vec<EventRow> = client.get(&format!("/v1/events?limit={limit}")).await?;
+            print(json, &events, || {
+                let mut table = Table::new(&["AT", "ACTOR", "KIND", "SUBJECT", "DETAIL"]);
+                for e in events.iter().rev() {
+                    table.row(vec![
+                        e.at.format("%H:%M:%S").to_string(),
+                        e.actor.clone(),
+                        e.kind.clone(),
+                        e.subject.clone(),
+                        e.detail.to_string(),
+                    ]);
+                }
+                table.to_string()
+            })
+        }
+        Command::Teams(TeamsCommand::List) => {
+            let teams: Vec<TeamRow> = client.get("/v1/teams").await?;
+            print(json, &teams, || teams.iter().map(|t| format!("{}\n", t.name)).collect())
+        }
+        Command::Teams(TeamsCommand::Create { name }) => {
+            let team: TeamRow = client.post("/v1/teams", &serde_json::json!({"name": name})).await?;
+            print(json, &team, || format!("team {} created\n", team.name))
+        }
+        Command::Token { name, role, team } => {
+            let token: NewToken =
+                client.post("/v1/tokens", &serde_json::json!({"name": name, "role": role, "team": team})).await?;
+            print(json, &token, || format!("{}\n", token.token))
+        }
+        Command::JoinToken { ttl_seconds } => {
+            let token: serde_json::Value =
+                client.post("/v1/join-tokens", &serde_json::json!({"ttl_seconds": ttl_seconds})).await?;
+            print(json, &token, || format!("{}\n", token["token"].as_str().unwrap_or_default()))
+        }
+    }
+}
+
+fn unreachable_serve() -> Result<()> {
+    bail!("serve is handled before the client is built")
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let store = Store::connect(&args.database_url).await.context("connecting to Postgres")?;
+    if let Some(token) = store.bootstrap_admin(args.admin_token.as_deref()).await? {
+        // Printed once, on first start only; it is not stored anywhere in clear.
+        println!("admin token (shown once): {token}");
+    }
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "control service listening");
+    println!("listening: http://{address}");
+    let config = ServeConfig {
+        heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        controllers: crate::controllers::ControllerConfig {
+            machine_ttl: Duration::from_millis(args.machine_ttl_ms),
+            ..Default::default()
+        },
+    };
+    server::run(listener, store, config, shutdown_signal()).await?;
+    tracing::info!("control service stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+fn status_table(detail: &AppDetail) -> String {
+    let s = &detail.summary;
+    let mut out = format!(
+        "{} (team {}) version {}: {}/{} running, {} healthy\n",
+        s.name, s.team, s.version, s.running, s.instances, s.healthy
+    );
+    let mut table =
+        Table::new(&["INSTANCE", "VERSION", "STATE", "MACHINE", "ENDPOINT", "PID", "HEALTHY", "RESTARTS", "MESSAGE"]);
+    for t in &detail.tasks {
+        table.row(vec![
+            t.instance.to_string(),
+            t.version.to_string(),
+            if t.desired == "stop" && !matches!(t.state.as_str(), "stopped" | "lost") {
+                format!("{} (stopping)", t.state)
+            } else {
+                t.state.clone()
+            },
+            t.machine.clone().unwrap_or_else(|| "-".into()),
+            endpoint(t).unwrap_or_else(|| "-".into()),
+            t.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            t.healthy.map(|h| if h { "yes" } else { "no" }.to_string()).unwrap_or_else(|| "-".into()),
+            t.restarts.to_string(),
+            t.message.clone(),
+        ]);
+    }
+    out.push_str(&table.to_string());
+    out
+}
+
+/// `http://address:port` of a task's first port.
+pub fn endpoint(task: &crate::store::TaskRow) -> Option<String> {
+    let port = task.ports.as_object()?.values().next()?.as_u64()?;
+    Some(format!("http://{}:{port}", task.address.as_deref()?))
+}
+
+/// Applies the spec, then follows the rollout until every instance of the new version runs
+/// and is healthy, a task fails, or the timeout passes.
+async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout: u64, json: bool) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let spec = AppSpec::from_toml(&text).with_context(|| format!("{} is not a valid app spec", file.display()))?;
+    let path = format!("/v1/apps/{}", spec.name);
+    let applied: AppDetail = client.put(&path, &spec).await?;
+    let version = applied.summary.version;
+    if !json {
+        println!("{} version {version} accepted ({} instances)", spec.name, spec.instances);
+    }
+    if no_wait {
+        return print(json, &applied, String::new);
+    }
+    let started = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let detail: AppDetail = client.get(&path).await?;
+        let current: Vec<_> = detail.tasks.iter().filter(|t| t.version == version && t.desired == "run").collect();
+        let healthy: Vec<_> = current
+            .iter()
+            .filter(|t| {
+                t.state == "running"
+                    && t.healthy != Some(false)
+                    && (t.healthy.is_some() || detail.spec.health.is_none())
+            })
+            .collect();
+        let line = format!(
+            "{}: {}/{} instances running and healthy, {} pending",
+            spec.name,
+            healthy.len(),
+            detail.summary.instances,
+            current.iter().filter(|t| matches!(t.state.as_str(), "pending" | "assigned")).count()
+        );
+        if line != last_line && !json {
+            println!("{line}");
+            last_line = line;
+        }
+        if let Some(failed) = current.iter().find(|t| t.state == "failed") {
+            bail!("instance {} failed: {}", failed.instance, failed.message);
+        }
+        let old_running = detail.tasks.iter().any(|t| t.version != version && t.state == "running");
+        if healthy.len() as i32 >= detail.summary.instances && !old_running {
+            if json {
+                return print(json, &detail, String::new);
+            }
+            for task in healthy {
+                if let Some(url) = endpoint(task) {
+                    println!("  instance {} on {}: {url}", task.instance, task.machine.as_deref().unwrap_or("-"));
+                }
+            }
+            println!("{} version {version} is running", spec.name);
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(timeout) {
+            let reason = current
+                .iter()
+                .find(|t| !t.message.is_empty())
+                .map(|t| t.message.clone())
+                .unwrap_or_else(|| "instances did not become healthy".into());
+            bail!("{} did not finish deploying within {timeout}s: {reason}", spec.name);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

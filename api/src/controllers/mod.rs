@@ -1,0 +1,64 @@
+//! Controllers: level-triggered reconcile loops, Kubernetes style.
+//!
+//! Each step reads desired and actual state from the store, decides (via canopy-core), writes
+//! the result in one transaction, and is safe to repeat after a crash. Only the replica that
+//! holds the advisory lock for a step acts, so several control services can share a database.
+
+use crate::store::{Result, Store};
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    /// How often the loops run.
+    pub tick: Duration,
+    /// A machine silent for longer than this is lost and its tasks are replaced.
+    pub machine_ttl: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig { tick: Duration::from_millis(250), machine_ttl: Duration::from_secs(6) }
+    }
+}
+
+/// What one pass of every controller did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StepReport {
+    pub machines_lost: Vec<String>,
+    pub task_changes: usize,
+    pub placed: usize,
+    pub unplaced: usize,
+}
+
+/// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
+/// apps (creates and retires tasks), placement (assigns pending tasks).
+#[tracing::instrument(skip_all)]
+pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport> {
+    let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;
+    for machine in &machines_lost {
+        tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
+    }
+    let task_changes = store.reconcile_apps().await?;
+    let placement = store.place_pending().await?;
+    if placement.placed > 0 || task_changes > 0 {
+        tracing::info!(task_changes, placed = placement.placed, unplaced = placement.unplaced, "reconciled");
+    }
+    Ok(StepReport { machines_lost, task_changes, placed: placement.placed, unplaced: placement.unplaced })
+}
+
+/// Runs `step` every tick until `shutdown` flips. Errors are logged and retried next tick.
+pub async fn run(store: Store, config: ControllerConfig, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = step(&store, &config).await {
+                    tracing::error!(%error, "controller step failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `/v1/apps`: deploy, inspect, scale, delete apps, and read their logs.
+
+use super::{ApiError, AppState, Body};
+use crate::auth::{Caller, Role, Scope};
+use crate::store::{AppDetail, AppSummary};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use canopy_core::spec::AppSpec;
+use serde::Deserialize;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/apps", get(list))
+        .route("/apps/{name}", get(show).put(deploy).delete(delete))
+        .route("/apps/{name}/scale", post(scale))
+        .route("/apps/{name}/logs", get(logs))
+}
+
+const WRITERS: &[Role] = &[Role::Admin, Role::Developer];
+const READERS: &[Role] = &[Role::Admin, Role::Developer, Role::Finance];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TeamParam {
+    team: Option<String>,
+}
+
+/// The teams a request acts on: its own for team tokens; any, or the one named, for admins.
+async fn scope(state: &AppState, caller: &Caller, team: Option<&str>) -> Result<Scope, ApiError> {
+    match (caller.role, team) {
+        (Role::Admin, Some(team)) => Ok(Scope::Team(state.store.team_by_name(team).await?.id)),
+        _ => Ok(caller.scope()),
+    }
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<TeamParam>,
+) -> Result<Json<Vec<AppSummary>>, ApiError> {
+    caller.require(READERS, "list apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    Ok(Json(state.store.apps(scope).await?))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+) -> Result<Json<AppDetail>, ApiError> {
+    caller.require(READERS, "read apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    Ok(Json(state.store.app(scope, &name).await?))
+}
+
+/// Creates or updates an app from its spec (JSON). Unchanged specs are a no-op (200);
+/// new apps and new versions answer 201.
+async fn deploy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<AppDetail>), ApiError> {
+    caller.require(WRITERS, "deploy apps")?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("spec is larger than {} bytes", super::MAX_BODY_BYTES),
+            )
+        } else {
+            ApiError::bad_request(e.body_text())
+        }
+    })?;
+    let spec = AppSpec::from_json(&body)?;
+    if spec.name != name {
+        return Err(ApiError::invalid(format!("name: {:?} does not match the URL's app name {name:?}", spec.name)));
+    }
+    let team = match scope(&state, &caller, q.team.as_deref()).await? {
+        Scope::Team(team) => team,
+        _ => return Err(ApiError::invalid("team: an admin deploys into a team: pass ?team=NAME")),
+    };
+    let (app, changed) = state.store.apply_app(&caller.actor(), team, &spec).await?;
+    tracing::info!(app = %name, version = app.summary.version, changed, "app applied");
+    let status = if changed { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(app)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScaleRequest {
+    instances: u32,
+}
+
+async fn scale(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+    Body(request): Body<ScaleRequest>,
+) -> Result<Json<AppDetail>, ApiError> {
+    caller.require(WRITERS, "scale apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    Ok(Json(state.store.scale_app(&caller.actor(), scope, &name, request.instances).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(WRITERS, "delete apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    state.store.delete_app(&caller.actor(), scope, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    team: Option<String>,
+    #[serde(default)]
+    instance: u32,
+    #[serde(default = "default_stream")]
+    stream: String,
+    /// Bytes from the end of the log (default 64 KiB).
+    tail: Option<u64>,
+}
+
+fn default_stream() -> String {
+    "stdout".into()
+}
+
+/// Reads a task's log from its machine's agent. The control service is the only client of
+/// the agents' API, so users never need network access to machines.
+async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<String, ApiError> {
+    caller.require(READERS, "read logs")?;
+    if q.stream != "stdout" && q.stream != "stderr" {
+        return Err(ApiError::invalid("stream: must be stdout or stderr"));
+    }
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    let target = state.store.log_target(scope, &name, q.instance).await?;
+    let url = format!("http://{}/v1/tasks/{}/logs", target.agent_endpoint, target.task_id);
+    let unreachable = |e: reqwest::Error| {
+        tracing::warn!(error = %e, endpoint = %target.agent_endpoint, "agent unreachable for logs");
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "agent_unreachable",
+            format!("the agent on {} did not answer", target.agent_endpoint),
+        )
+    };
+    let response = state
+        .agents
+        .get(url)
+        .bearer_auth(&target.control_key)
+        .query(&[("stream", q.stream.as_str()), ("tail", &q.tail.unwrap_or(64 * 1024).to_string())])
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if !response.status().is_success() {
+        let status = response.status();
+        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", format!("the agent answered {status}")));
+    }
+    response.text().await.map_err(unreachable)
+}

@@ -1,0 +1,120 @@
+//! The HTTP API: `/v1` JSON resources, `/healthz`, `/openapi.json`.
+//!
+//! One module per resource, each with a `router()`. Handlers parse input into core types,
+//! check the caller's role, call the store, and shape the answer; they hold no state.
+
+mod admin;
+mod agent;
+mod apps;
+mod error;
+mod machines;
+
+pub use error::ApiError;
+
+use crate::auth::{Caller, Role};
+use crate::store::Store;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use std::time::Duration;
+
+/// Largest request body accepted: specs and heartbeats are small.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub heartbeat_interval: Duration,
+    /// Client for calls to agents (logs).
+    pub agents: reqwest::Client,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 =
+        Router::new().merge(admin::router()).merge(apps::router()).merge(machines::router()).merge(agent::router());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Result<&'static str, ApiError> {
+    state.store.ping().await?;
+    Ok("ok")
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json"))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::unauthorized("Authorization header must be: Bearer <token>"))?;
+        state.store.authenticate(token.trim()).await?.ok_or_else(|| ApiError::unauthorized("token is not valid"))
+    }
+}
+
+impl Caller {
+    /// Refuses callers whose role is not in `roles`.
+    pub fn require(&self, roles: &[Role], action: &str) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("a {} token may not {action}", self.role.as_str())))
+        }
+    }
+}
+
+/// `Json` with our error shape: malformed bodies are 400, well-formed but wrong ones 422,
+/// and the message names the offending field.
+pub struct Body<T>(pub T);
+
+impl<T, S> FromRequest<S> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Body(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type must be application/json",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        ),
+        other => ApiError::bad_request(other.body_text()),
+    }
+}

@@ -1,0 +1,39 @@
+//! `canopy serve`: wires the store, the HTTP API and the controllers together, and shuts
+//! them down gracefully on one signal.
+
+use crate::controllers::{self, ControllerConfig};
+use crate::http::{self, AppState};
+use crate::store::Store;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub heartbeat_interval: Duration,
+    pub controllers: ControllerConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig { heartbeat_interval: Duration::from_secs(1), controllers: ControllerConfig::default() }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, finishes in-flight
+/// requests and stops the controllers.
+pub async fn run(
+    listener: TcpListener,
+    store: Store,
+    config: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let controllers = tokio::spawn(controllers::run(store.clone(), config.controllers.clone(), stop_rx));
+    let agents = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(std::io::Error::other)?;
+    let state = AppState { store, heartbeat_interval: config.heartbeat_interval, agents };
+    let result = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = controllers.await;
+    result
+}

@@ -1,0 +1,199 @@
+//! Apps and their versions: what developers ask for.
+
+use super::{Result, Store, StoreError, record};
+use crate::auth::Scope;
+use canopy_core::spec::AppSpec;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct AppSummary {
+    pub id: Uuid,
+    pub team: String,
+    pub name: String,
+    pub version: i32,
+    pub instances: i32,
+    pub running: i64,
+    pub healthy: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppDetail {
+    #[serde(flatten)]
+    pub summary: AppSummary,
+    pub spec: AppSpec,
+    pub tasks: Vec<TaskRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct TaskRow {
+    pub id: Uuid,
+    pub version: i32,
+    pub instance: i32,
+    pub state: String,
+    pub desired: String,
+    pub machine: Option<String>,
+    pub address: Option<String>,
+    pub pid: Option<i32>,
+    pub ports: serde_json::Value,
+    pub healthy: Option<bool>,
+    pub restarts: i32,
+    pub exit_code: Option<i32>,
+    pub exit_signal: Option<i32>,
+    pub oom_killed: bool,
+    pub message: String,
+    pub cpu_usec: i64,
+    pub memory_bytes: i64,
+    pub memory_peak: i64,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const SUMMARY: &str = "SELECT a.id, t.name AS team, a.name, a.version, a.instances,
+        (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running') AS running,
+        (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running'
+            AND k.healthy IS NOT FALSE) AS healthy,
+        a.updated_at
+    FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.deleted_at IS NULL";
+
+impl Store {
+    /// Creates the app or, when the spec differs from the current version, adds a version.
+    /// Returns the app and whether anything changed.
+    pub async fn apply_app(&self, actor: &str, team: Uuid, spec: &AppSpec) -> Result<(AppDetail, bool)> {
+        let spec_json = serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let instances =
+            i32::try_from(spec.instances).map_err(|_| StoreError::Invalid("instances: too large".into()))?;
+        let mut tx = self.begin().await?;
+        let current: Option<(Uuid, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT a.id, a.version, v.spec FROM apps a JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
+             WHERE a.team_id = $1 AND a.name = $2 AND a.deleted_at IS NULL FOR UPDATE OF a",
+        )
+        .bind(team)
+        .bind(&spec.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (app_id, version, changed) = match current {
+            Some((id, version, stored)) if stored == spec_json => (id, version, false),
+            Some((id, version, _)) => {
+                let version = version + 1;
+                sqlx::query("UPDATE apps SET version = $2, instances = $3, updated_at = now() WHERE id = $1")
+                    .bind(id)
+                    .bind(version)
+                    .bind(instances)
+                    .execute(&mut *tx)
+                    .await?;
+                (id, version, true)
+            }
+            None => {
+                let id = Uuid::new_v4();
+                sqlx::query("INSERT INTO apps (id, team_id, name, version, instances) VALUES ($1, $2, $3, 1, $4)")
+                    .bind(id)
+                    .bind(team)
+                    .bind(&spec.name)
+                    .bind(instances)
+                    .execute(&mut *tx)
+                    .await?;
+                (id, 1, true)
+            }
+        };
+        if changed {
+            sqlx::query("INSERT INTO app_versions (app_id, version, spec) VALUES ($1, $2, $3)")
+                .bind(app_id)
+                .bind(version)
+                .bind(&spec_json)
+                .execute(&mut *tx)
+                .await?;
+            let detail = serde_json::json!({"version": version, "instances": spec.instances});
+            record(&mut tx, actor, "app.deployed", &spec.name, Some(team), detail).await?;
+        }
+        tx.commit().await?;
+        Ok((self.app(Scope::Team(team), &spec.name).await?, changed))
+    }
+
+    pub async fn apps(&self, scope: Scope) -> Result<Vec<AppSummary>> {
+        let sql = format!("{SUMMARY} AND ($1::uuid IS NULL OR a.team_id = $1) ORDER BY t.name, a.name");
+        Ok(sqlx::query_as::<_, AppSummary>(sqlx::AssertSqlSafe(sql))
+            .bind(scope.team_filter())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The app called `name` that `scope` may see. Another team's app is "not found", so its
+    /// existence does not leak.
+    pub async fn app(&self, scope: Scope, name: &str) -> Result<AppDetail> {
+        let sql = format!("{SUMMARY} AND ($1::uuid IS NULL OR a.team_id = $1) AND a.name = $2");
+        let mut found = sqlx::query_as::<_, AppSummary>(sqlx::AssertSqlSafe(sql))
+            .bind(scope.team_filter())
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        let summary = match found.len() {
+            0 => return Err(StoreError::NotFound(format!("app {name:?} does not exist"))),
+            1 => found.remove(0),
+            _ => return Err(StoreError::Conflict(format!("several teams have an app {name:?}: pass ?team="))),
+        };
+        let spec: serde_json::Value =
+            sqlx::query_scalar("SELECT spec FROM app_versions WHERE app_id = $1 AND version = $2")
+                .bind(summary.id)
+                .bind(summary.version)
+                .fetch_one(&self.pool)
+                .await?;
+        let spec = serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+        let tasks = sqlx::query_as::<_, TaskRow>(
+            "SELECT k.id, k.version, k.instance, k.state, k.desired, m.name AS machine, m.address, k.pid, k.ports,
+                    k.healthy, k.restarts, k.exit_code, k.exit_signal, k.oom_killed, k.message, k.cpu_usec,
+                    k.memory_bytes, k.memory_peak, k.created_at, k.started_at, k.finished_at
+             FROM tasks k LEFT JOIN machines m ON m.id = k.machine_id
+             WHERE k.app_id = $1 AND (k.state NOT IN ('lost', 'stopped', 'exited', 'failed') OR k.finished_at > now() - interval '1 hour')
+             ORDER BY k.instance, k.created_at DESC",
+        )
+        .bind(summary.id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(AppDetail { summary, spec, tasks })
+    }
+
+    pub async fn scale_app(&self, actor: &str, scope: Scope, name: &str, instances: u32) -> Result<AppDetail> {
+        if instances > canopy_core::spec::MAX_INSTANCES {
+            return Err(StoreError::Invalid(format!(
+                "instances: must be at most {}",
+                canopy_core::spec::MAX_INSTANCES
+            )));
+        }
+        let app = self.app(scope, name).await?;
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE apps SET instances = $2, updated_at = now() WHERE id = $1 AND deleted_at IS NULL")
+            .bind(app.summary.id)
+            .bind(instances as i32)
+            .execute(&mut *tx)
+            .await?;
+        let team: Uuid = sqlx::query_scalar("SELECT team_id FROM apps WHERE id = $1")
+            .bind(app.summary.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let detail = serde_json::json!({"from": app.summary.instances, "to": instances});
+        record(&mut tx, actor, "app.scaled", name, Some(team), detail).await?;
+        tx.commit().await?;
+        self.app(scope, name).await
+    }
+
+    /// Deletes the app: its tasks are stopped by the controllers; the name is free again.
+    pub async fn delete_app(&self, actor: &str, scope: Scope, name: &str) -> Result<()> {
+        let app = self.app(scope, name).await?;
+        let mut tx = self.begin().await?;
+        let team: Uuid = sqlx::query_scalar("UPDATE apps SET deleted_at = now() WHERE id = $1 RETURNING team_id")
+            .bind(app.summary.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE tasks SET desired = 'stop' WHERE app_id = $1 AND desired = 'run'")
+            .bind(app.summary.id)
+            .execute(&mut *tx)
+            .await?;
+        record(&mut tx, actor, "app.deleted", name, Some(team), serde_json::json!({})).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

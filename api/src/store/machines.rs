@@ -1,0 +1,205 @@
+//! Machines: joining, heartbeats (which also carry task reports), listing and liveness.
+
+use super::{Result, Store, StoreError, record};
+use crate::auth;
+use canopy_core::Resources;
+use canopy_core::wire::{HeartbeatRequest, HeartbeatResponse, JoinRequest, JoinResponse, PROTOCOL_VERSION};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, sqlx::FromRow)]
+pub struct MachineRow {
+    pub id: Uuid,
+    pub name: String,
+    pub provider: String,
+    pub address: String,
+    pub state: String,
+    pub capacity_milli_cpu: i64,
+    pub capacity_memory: i64,
+    pub allocated_milli_cpu: i64,
+    pub allocated_memory: i64,
+    pub tasks: i64,
+    pub cgroup_version: i16,
+    pub labels: serde_json::Value,
+    pub last_heartbeat: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Spends a join token and registers the machine, returning its agent credential.
+    pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse> {
+        if request.protocol != PROTOCOL_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "protocol: agent speaks version {}, this control service speaks {PROTOCOL_VERSION}",
+                request.protocol
+            )));
+        }
+        canopy_core::spec::validate_name("name", &request.name).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let mut tx = self.begin().await?;
+        let spent = sqlx::query_scalar::<_, String>(
+            "UPDATE join_tokens SET used_at = now() WHERE digest = $1 AND used_at IS NULL AND expires_at > now() RETURNING digest",
+        )
+        .bind(auth::digest(&request.join_token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(join_digest) = spent else {
+            return Err(StoreError::Unauthorized("join token is unknown, expired or already used".into()));
+        };
+        let machine_id = Uuid::new_v4();
+        let agent_token = auth::new_secret("cna")?;
+        let control_key = auth::new_secret("cnk")?;
+        let provider = request.labels.get("provider").cloned().unwrap_or_else(|| "baremetal".to_string());
+        sqlx::query(
+            "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
+                                   capacity_memory, cgroup_version, labels, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ready')",
+        )
+        .bind(machine_id)
+        .bind(&request.name)
+        .bind(&provider)
+        .bind(&request.address)
+        .bind(&request.agent_endpoint)
+        .bind(&control_key)
+        .bind(to_i64(request.capacity.milli_cpu, "capacity.milli_cpu")?)
+        .bind(to_i64(request.capacity.memory_bytes, "capacity.memory_bytes")?)
+        .bind(i16::from(request.cgroup_version))
+        .bind(serde_json::to_value(&request.labels).map_err(|e| StoreError::Invalid(e.to_string()))?)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE join_tokens SET machine_id = $1 WHERE digest = $2")
+            .bind(machine_id)
+            .bind(&join_digest)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO tokens (id, digest, name, role, machine_id) VALUES ($1, $2, $3, 'agent', $4)")
+            .bind(Uuid::new_v4())
+            .bind(auth::digest(&agent_token))
+            .bind(format!("agent-{}", request.name))
+            .bind(machine_id)
+            .execute(&mut *tx)
+            .await?;
+        let detail =
+            serde_json::json!({"provider": provider, "address": request.address, "capacity": request.capacity});
+        record(&mut tx, &format!("agent:{}", request.name), "machine.joined", &request.name, None, detail).await?;
+        tx.commit().await?;
+        Ok(JoinResponse { machine_id, agent_token, control_key })
+    }
+
+    /// Records a heartbeat and the task reports it carries, and answers with the machine's
+    /// desired tasks. A machine that was declared lost comes back as ready; the tasks it lost
+    /// are not in its desired set any more, so its agent stops them.
+    pub async fn heartbeat(
+        &self,
+        machine_id: Uuid,
+        request: &HeartbeatRequest,
+        interval_ms: u64,
+    ) -> Result<HeartbeatResponse> {
+        if request.protocol != PROTOCOL_VERSION {
+            return Err(StoreError::Invalid(format!("protocol: version {} is not spoken here", request.protocol)));
+        }
+        let mut tx = self.begin().await?;
+        let previous: Option<String> = sqlx::query_scalar(
+            "UPDATE machines m SET last_heartbeat = now(), state = 'ready', agent_endpoint = $2
+             FROM (SELECT id, state FROM machines WHERE id = $1 FOR UPDATE) old
+             WHERE m.id = old.id RETURNING old.state",
+        )
+        .bind(machine_id)
+        .bind(&request.agent_endpoint)
+        .fetch_optional(&mut *tx)
+        .await?;
+        match previous.as_deref() {
+            None => return Err(StoreError::NotFound(format!("machine {machine_id} does not exist"))),
+            Some("lost") => {
+                record(&mut tx, "system", "machine.returned", &machine_id.to_string(), None, serde_json::json!({}))
+                    .await?;
+            }
+            Some(_) => {}
+        }
+        Self::apply_reports(&mut tx, machine_id, &request.tasks).await?;
+        let desired = Self::desired_tasks(&mut tx, machine_id).await?;
+        tx.commit().await?;
+        Ok(HeartbeatResponse { desired, heartbeat_interval_ms: interval_ms })
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineRow>> {
+        Ok(sqlx::query_as::<_, MachineRow>(
+            "SELECT m.id, m.name, m.provider, m.address, m.state, m.capacity_milli_cpu, m.capacity_memory,
+                    COALESCE(SUM(t.milli_cpu), 0)::bigint AS allocated_milli_cpu,
+                    COALESCE(SUM(t.memory), 0)::bigint AS allocated_memory,
+                    COUNT(t.id) AS tasks, m.cgroup_version, m.labels, m.last_heartbeat, m.created_at
+             FROM machines m LEFT JOIN tasks t ON t.machine_id = m.id AND t.state IN ('assigned', 'running')
+             GROUP BY m.id ORDER BY m.name, m.created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// One step of the liveness controller: machines silent for longer than `ttl` are lost,
+    /// and so are their active tasks (replacements are created by the app controller).
+    /// Returns the machines declared lost in this step.
+    pub async fn mark_lost_machines(&self, ttl: std::time::Duration) -> Result<Vec<String>> {
+        let Some(mut tx) = self.begin_leader().await? else { return Ok(Vec::new()) };
+        let lost: Vec<(Uuid, String)> = sqlx::query_as(
+            "UPDATE machines SET state = 'lost'
+             WHERE state = 'ready' AND last_heartbeat < now() - make_interval(secs => $1)
+             RETURNING id, name",
+        )
+        .bind(ttl.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, name) in &lost {
+            let tasks: i64 = sqlx::query_scalar(
+                "WITH lost AS (
+                    UPDATE tasks SET state = 'lost', finished_at = now(), message = 'machine lost'
+                    WHERE machine_id = $1 AND state IN ('assigned', 'running') RETURNING 1)
+                 SELECT COUNT(*) FROM lost",
+            )
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            record(&mut tx, "system", "machine.lost", name, None, serde_json::json!({"tasks_lost": tasks})).await?;
+        }
+        tx.commit().await?;
+        Ok(lost.into_iter().map(|(_, name)| name).collect())
+    }
+
+    /// The resources of ready machines and what is already allocated on them.
+    pub(super) async fn ready_machines(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    ) -> Result<Vec<canopy_core::schedule::MachineView>> {
+        let rows: Vec<(Uuid, i64, i64, serde_json::Value)> = sqlx::query_as(
+            "SELECT id, capacity_milli_cpu, capacity_memory, labels FROM machines WHERE state = 'ready' ORDER BY id FOR UPDATE",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let placed: Vec<(Uuid, String, i64, i64)> = sqlx::query_as(
+            "SELECT machine_id, app_id::text, milli_cpu, memory FROM tasks
+             WHERE state IN ('assigned', 'running') AND machine_id IS NOT NULL",
+        )
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut machines: Vec<canopy_core::schedule::MachineView> = rows
+            .into_iter()
+            .map(|(id, cpu, memory, labels)| canopy_core::schedule::MachineView {
+                id,
+                capacity: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
+                labels: serde_json::from_value(labels).unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect();
+        let index: std::collections::HashMap<Uuid, usize> =
+            machines.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
+        for (machine_id, app, cpu, memory) in placed {
+            if let Some(machine) = index.get(&machine_id).map(|&i| &mut machines[i]) {
+                machine.allocated += Resources::new(cpu.max(0) as u64, memory.max(0) as u64);
+                *machine.group_counts.entry(app).or_default() += 1;
+            }
+        }
+        Ok(machines)
+    }
+}
+
+pub(super) fn to_i64(value: u64, field: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("{field}: {value} is too large")))
+}

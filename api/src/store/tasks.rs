@@ -1,0 +1,307 @@
+//! Tasks: what agents report, what they should run, and the two controller steps that keep
+//! apps' instances placed (reconcile apps into tasks, then place pending tasks).
+
+use super::machines::to_i64;
+use super::{Result, Store, StoreError, record};
+use crate::auth::Scope;
+use canopy_core::Resources;
+use canopy_core::schedule::{Snapshot, TaskAsk, schedule};
+use canopy_core::spec::AppSpec;
+use canopy_core::task::TaskState;
+use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
+use serde::Serialize;
+use sqlx::{Postgres, Transaction};
+use std::collections::{BTreeMap, HashSet};
+use uuid::Uuid;
+
+/// Seed for placement tie-breaks. Fixed, so the same state gives the same placement.
+const PLACEMENT_SEED: u64 = 0x5eed;
+
+/// Where to fetch one task's logs from.
+#[derive(Debug, Clone)]
+pub struct LogTarget {
+    pub task_id: Uuid,
+    pub agent_endpoint: String,
+    pub control_key: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PlacementOutcome {
+    pub placed: usize,
+    pub unplaced: usize,
+}
+
+#[derive(sqlx::FromRow)]
+struct LiveApp {
+    id: Uuid,
+    name: String,
+    version: i32,
+    instances: i32,
+    deleted: bool,
+    spec: serde_json::Value,
+}
+
+#[derive(sqlx::FromRow)]
+struct SlotTask {
+    id: Uuid,
+    app_id: Uuid,
+    version: i32,
+    instance: i32,
+    state: String,
+    desired: String,
+    healthy: Option<bool>,
+}
+
+impl Store {
+    /// Applies an agent's task reports. Reports about tasks the control service already ended
+    /// (lost, stopped) change nothing: a task never leaves a terminal state.
+    pub(super) async fn apply_reports(
+        tx: &mut Transaction<'static, Postgres>,
+        machine_id: Uuid,
+        reports: &[TaskReport],
+    ) -> Result<()> {
+        for report in reports {
+            let state = match report.state {
+                RunState::Running | RunState::Restarting => TaskState::Running,
+                RunState::Exited => TaskState::Exited,
+                RunState::Failed => TaskState::Failed,
+                RunState::Stopped => TaskState::Stopped,
+            };
+            let exit = report.last_exit.as_ref();
+            let message = match (report.state, exit) {
+                (RunState::Restarting, Some(exit)) => format!("restarting after: {}", exit.message),
+                (_, Some(exit)) if report.state.is_final() => exit.message.clone(),
+                _ => String::new(),
+            };
+            sqlx::query(
+                "UPDATE tasks SET state = $3, pid = $4, ports = $5, healthy = $6, restarts = $7,
+                        exit_code = $8, exit_signal = $9, oom_killed = oom_killed OR $10, message = $11,
+                        cpu_usec = $12, memory_bytes = $13, memory_peak = $14,
+                        started_at = COALESCE(started_at, now()),
+                        finished_at = CASE WHEN $3 IN ('exited', 'failed', 'stopped') THEN now() END
+                 WHERE id = $1 AND machine_id = $2 AND state IN ('assigned', 'running')",
+            )
+            .bind(report.task_id)
+            .bind(machine_id)
+            .bind(state.as_str())
+            .bind(report.pid.map(|p| p as i32))
+            .bind(serde_json::to_value(&report.ports).map_err(|e| StoreError::Invalid(e.to_string()))?)
+            .bind(report.healthy)
+            .bind(report.restarts as i32)
+            .bind(exit.and_then(|e| e.code))
+            .bind(exit.and_then(|e| e.signal))
+            .bind(exit.is_some_and(|e| e.oom_killed))
+            .bind(message)
+            .bind(to_i64(report.usage.cpu_usec, "usage.cpu_usec")?)
+            .bind(to_i64(report.usage.memory_bytes, "usage.memory_bytes")?)
+            .bind(to_i64(report.usage.memory_peak_bytes, "usage.memory_peak_bytes")?)
+            .execute(&mut **tx)
+            .await?;
+        }
+        // A task we asked to stop that the agent no longer reports is gone.
+        let reported: Vec<Uuid> = reports.iter().map(|r| r.task_id).collect();
+        sqlx::query(
+            "UPDATE tasks SET state = 'stopped', finished_at = now()
+             WHERE machine_id = $1 AND desired = 'stop' AND state IN ('assigned', 'running') AND NOT (id = ANY($2))",
+        )
+        .bind(machine_id)
+        .bind(&reported)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Everything `machine_id` should be running now.
+    pub(super) async fn desired_tasks(
+        tx: &mut Transaction<'static, Postgres>,
+        machine_id: Uuid,
+    ) -> Result<Vec<TaskAssignment>> {
+        let rows: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
+            "SELECT t.id, a.name, v.spec FROM tasks t
+             JOIN apps a ON a.id = t.app_id
+             JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
+             WHERE t.machine_id = $1 AND t.desired = 'run' AND t.state IN ('assigned', 'running')
+             ORDER BY t.id",
+        )
+        .bind(machine_id)
+        .fetch_all(&mut **tx)
+        .await?;
+        rows.into_iter()
+            .map(|(task_id, app, spec)| {
+                let spec: AppSpec =
+                    serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {app}: {e}")))?;
+                Ok(assignment(task_id, app, spec))
+            })
+            .collect()
+    }
+
+    /// App controller step: creates tasks for missing instances of each app's current version,
+    /// stops surplus instances, and retires old-version tasks once their replacement runs.
+    /// Idempotent: a second call with nothing changed does nothing.
+    pub async fn reconcile_apps(&self) -> Result<usize> {
+        let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
+        let apps = sqlx::query_as::<_, LiveApp>(
+            "SELECT a.id, a.name, a.version, a.instances, a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
+             JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
+             WHERE a.deleted_at IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.app_id = a.id AND t.state = 'pending')",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let tasks = sqlx::query_as::<_, SlotTask>(
+            "SELECT id, app_id, version, instance, state, desired, healthy FROM tasks
+             WHERE state NOT IN ('lost', 'stopped') AND app_id = ANY($1)",
+        )
+        .bind(apps.iter().map(|a| a.id).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut changes = 0;
+        for LiveApp { id: app_id, name, version, instances, deleted, spec } in apps {
+            let spec: AppSpec =
+                serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+            let wanted = if deleted { 0 } else { instances };
+            let mine: Vec<&SlotTask> = tasks.iter().filter(|t| t.app_id == app_id).collect();
+            let mut to_stop = Vec::new();
+            let mut current_ready = HashSet::new();
+            for task in &mine {
+                let state = TaskState::parse(&task.state).unwrap_or(TaskState::Failed);
+                if task.version == version
+                    && task.desired == "run"
+                    && state == TaskState::Running
+                    && task.healthy != Some(false)
+                {
+                    current_ready.insert(task.instance);
+                }
+            }
+            for instance in 0..wanted {
+                let filled = mine.iter().any(|t| t.version == version && t.instance == instance && t.desired == "run");
+                if !filled {
+                    sqlx::query(
+                        "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
+                         VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+                    )
+                    .bind(Uuid::new_v4())
+                    .bind(app_id)
+                    .bind(version)
+                    .bind(instance)
+                    .bind(to_i64(spec.resources.cpu, "resources.cpu")?)
+                    .bind(to_i64(spec.resources.memory.0, "resources.memory")?)
+                    .execute(&mut *tx)
+                    .await?;
+                    changes += 1;
+                }
+            }
+            for task in &mine {
+                if task.desired != "run" {
+                    continue;
+                }
+                let surplus = task.instance >= wanted;
+                // Replace an old version instance only once its successor runs and is healthy,
+                // so an app never loses all of its instances to an update.
+                let superseded = task.version != version && current_ready.contains(&task.instance);
+                let stale_pending = task.version != version && task.state == "pending";
+                if surplus || superseded || stale_pending {
+                    to_stop.push(task.id);
+                }
+            }
+            if !to_stop.is_empty() {
+                changes += to_stop.len();
+                sqlx::query("UPDATE tasks SET desired = 'stop' WHERE id = ANY($1)")
+                    .bind(&to_stop)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        // Pending tasks nobody wants any more never ran: they are simply stopped.
+        let dropped = sqlx::query(
+            "UPDATE tasks SET state = 'stopped', finished_at = now() WHERE state = 'pending' AND desired = 'stop'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        changes += dropped.rows_affected() as usize;
+        tx.commit().await?;
+        Ok(changes)
+    }
+
+    /// Placement controller step: asks canopy-core where pending tasks go and records the
+    /// answer; unplaced tasks keep the reason in their message.
+    pub async fn place_pending(&self) -> Result<PlacementOutcome> {
+        let Some(mut tx) = self.begin_leader().await? else { return Ok(PlacementOutcome::default()) };
+        let pending: Vec<(Uuid, Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT id, app_id, milli_cpu, memory FROM tasks WHERE state = 'pending' AND desired = 'run' ORDER BY created_at, id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if pending.is_empty() {
+            return Ok(PlacementOutcome::default());
+        }
+        let snapshot = Snapshot { machines: Self::ready_machines(&mut tx).await?, ..Default::default() };
+        let asks: Vec<TaskAsk> = pending
+            .iter()
+            .map(|&(id, app_id, cpu, memory)| TaskAsk {
+                id,
+                group: app_id.to_string(),
+                resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
+                priority: 0,
+                ..Default::default()
+            })
+            .collect();
+        let plan = schedule(&snapshot, &asks, PLACEMENT_SEED);
+        for placement in &plan.placements {
+            sqlx::query(
+                "UPDATE tasks SET state = 'assigned', machine_id = $2, assigned_at = now(), message = '' WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(placement.task)
+            .bind(placement.machine)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for unplaced in &plan.unplaced {
+            sqlx::query("UPDATE tasks SET message = $2 WHERE id = $1")
+                .bind(unplaced.task)
+                .bind(format!("unplaced: {}", unplaced.reason))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !plan.placements.is_empty() {
+            let detail = serde_json::json!({"placed": plan.placements.len(), "unplaced": plan.unplaced.len()});
+            record(&mut tx, "system", "tasks.placed", "placement", None, detail).await?;
+        }
+        tx.commit().await?;
+        Ok(PlacementOutcome { placed: plan.placements.len(), unplaced: plan.unplaced.len() })
+    }
+
+    /// Where the logs of a task of app `name` can be read: the newest task of `instance`.
+    pub async fn log_target(&self, scope: Scope, name: &str, instance: u32) -> Result<LogTarget> {
+        let app = self.app(scope, name).await?;
+        let row: Option<(Uuid, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT t.id, m.agent_endpoint, m.control_key FROM tasks t LEFT JOIN machines m ON m.id = t.machine_id
+             WHERE t.app_id = $1 AND t.instance = $2 AND t.state <> 'pending' ORDER BY t.created_at DESC LIMIT 1",
+        )
+        .bind(app.summary.id)
+        .bind(instance as i32)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some((task_id, Some(agent_endpoint), Some(control_key))) => {
+                Ok(LogTarget { task_id, agent_endpoint, control_key })
+            }
+            _ => Err(StoreError::NotFound(format!("app {name:?} has no started instance {instance}"))),
+        }
+    }
+}
+
+fn assignment(task_id: Uuid, app: String, spec: AppSpec) -> TaskAssignment {
+    TaskAssignment {
+        task_id,
+        app,
+        command: spec.command,
+        args: spec.args,
+        env: spec.env.into_iter().collect::<BTreeMap<_, _>>(),
+        resources: spec.resources.resources(),
+        pids_limit: spec.resources.pids,
+        ports: spec.ports,
+        health: spec.health,
+        restart: spec.restart,
+        stop_grace_ms: spec.stop_grace.0,
+    }
+}
