@@ -75,6 +75,7 @@ pub fn median_time<T>(runs: usize, mut f: impl FnMut() -> T) -> (f64, T) {
 
 /// A machine type the LP may buy: capacity, hourly price in micro-dollars, how many exist
 /// (`None`: unlimited), and which commodities (bit per commodity) may use it.
+#[derive(Clone)]
 pub struct LpOption {
     pub capacity: Resources,
     pub price: u64,
