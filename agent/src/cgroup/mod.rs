@@ -169,6 +169,48 @@ impl Cgroup {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
+    /// This cgroup and every cgroup below it, deepest first.
+    pub fn subtree(&self) -> Vec<Cgroup> {
+        let base = match &self.cgroups {
+            Cgroups::V1(mounts) => mounts.memory.clone(),
+            Cgroups::V2(root) => root.clone(),
+        };
+        let mut found = Vec::new();
+        let mut stack = vec![self.relative.clone()];
+        while let Some(relative) = stack.pop() {
+            if let Ok(entries) = std::fs::read_dir(base.join(&relative)) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(relative.join(entry.file_name()));
+                    }
+                }
+            }
+            found.push(self.cgroups.open(&relative));
+        }
+        found.reverse();
+        found
+    }
+
+    /// Kills every process in this cgroup and below, then removes the cgroups. This is what a
+    /// machine failure looks like, and how a whole machine's slice is torn down.
+    pub fn kill_tree(&self) -> Result<()> {
+        let tree = self.subtree();
+        for _ in 0..100 {
+            let mut alive = false;
+            for cgroup in &tree {
+                if !cgroup.pids().is_empty() {
+                    alive = true;
+                    cgroup.signal_all(libc::SIGKILL);
+                }
+            }
+            if !alive {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        tree.iter().try_for_each(Cgroup::remove)
+    }
+
     /// Removes the (empty) cgroup. Missing directories are fine.
     pub fn remove(&self) -> Result<()> {
         let dirs = match &self.cgroups {
