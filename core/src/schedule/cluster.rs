@@ -17,6 +17,13 @@ use std::hash::{BuildHasherDefault, Hasher};
 const CANDIDATES_SPREAD: u32 = 6;
 const CANDIDATES_PACK: u32 = 2;
 
+/// A busy machine's capacity is already paid for, so work goes to one that fits before an idle
+/// machine is opened, unless the task's share cost on the idle machine (its shape suits the
+/// task) is below this fraction (per mille) of its share cost on the busy one. Without this a
+/// memory-rich machine that has work takes cpu-heavy tasks until it is cpu-full with its memory
+/// idle, while a cpu-rich machine that would hold them stays closed.
+const OPEN_WHEN_SHARE_BELOW_PERMILLE: u64 = 900;
+
 /// Lower is better. Spread preferences come first (only when the task asks for them), then
 /// what the placement adds to the bill, then how tightly it packs, then a seeded tie-break.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -273,8 +280,20 @@ impl<'a> Cluster<'a> {
         at
     }
 
-    /// The best machine for `task`, or why there is none. Does not assign.
+    /// The best machine for `task`, or why there is none. Does not assign. A busy machine is
+    /// preferred to an idle one unless the idle one's shape suits the task much better (see
+    /// [`OPEN_WHEN_SHARE_BELOW_PERMILLE`]).
     pub fn find(&mut self, task: &'a TaskAsk, spot_ok: bool) -> Result<(u32, Score), NoFit> {
+        self.find_with(task, spot_ok, true)
+    }
+
+    /// Like [`Cluster::find`], but an idle machine is chosen only when no busy one fits (so a
+    /// consolidation move onto a busy machine is never passed over for an idle one).
+    pub fn find_busy_first(&mut self, task: &'a TaskAsk, spot_ok: bool) -> Result<(u32, Score), NoFit> {
+        self.find_with(task, spot_ok, false)
+    }
+
+    fn find_with(&mut self, task: &'a TaskAsk, spot_ok: bool, open_by_shape: bool) -> Result<(u32, Score), NoFit> {
         let eligible = self.eligible_for(task, spot_ok);
         let group = self.group_id(&task.group);
         let failure_key: FailureKey<'a> =
@@ -286,7 +305,7 @@ impl<'a> Cluster<'a> {
         let wants_spread = spread.machines || spread.zones || spread.providers;
         let limit = if wants_spread { CANDIDATES_SPREAD } else { CANDIDATES_PACK };
         let ask = task.resources;
-        let mut best: Option<(Score, u32)> = None;
+        let mut busy: Option<(Score, u32)> = None;
         for &pool_index in &self.eligible[eligible].pools {
             let pool = &self.pools[pool_index as usize];
             if pool.rep.gpus < task.gpus {
@@ -311,30 +330,40 @@ impl<'a> Cluster<'a> {
                     let view = self.slots[index as usize].view;
                     let marginal = share_cost(task.resources, view.capacity, view.price);
                     let score = self.score(index, task, group, false, marginal);
-                    if best.is_none_or(|(b, _)| score < b) {
-                        best = Some((score, index));
+                    if busy.is_none_or(|(b, _)| score < b) {
+                        busy = Some((score, index));
                     }
                 }
             }
         }
-        // An idle machine is only worth it when no busy one fits (or all the busy ones that
-        // fit already run the group): then the idle machine that fits at the
-        // lowest share cost, anywhere (the idle machines of one pool are interchangeable).
-        if best.is_none_or(|(b, _)| wants_spread && b.same_group > 0) {
+        // The idle machine that fits at the lowest share cost, anywhere (the idle machines of
+        // one pool are interchangeable, so one per pool is enough).
+        let mut idle: Option<(Score, u32)> = None;
+        if open_by_shape || busy.is_none_or(|(b, _)| wants_spread && b.same_group > 0) {
             for &pool_index in &self.eligible[eligible].pools {
                 for &(_, _, index) in &self.pools[pool_index as usize].idle {
                     if self.fits_resources(index, task) {
                         let view = self.slots[index as usize].view;
                         let marginal = share_cost(task.resources, view.capacity, view.price);
                         let score = self.score(index, task, group, true, marginal);
-                        if best.is_none_or(|(b, _)| score < b) {
-                            best = Some((score, index));
+                        if idle.is_none_or(|(b, _)| score < b) {
+                            idle = Some((score, index));
                         }
                         break;
                     }
                 }
             }
         }
+        let best = match (busy, idle) {
+            (Some(b), Some(i)) => {
+                let shape_wins = open_by_shape
+                    && u128::from(i.0.marginal) * 1000
+                        < u128::from(b.0.marginal) * u128::from(OPEN_WHEN_SHARE_BELOW_PERMILLE);
+                let spread_wins = wants_spread && b.0.same_group > 0 && i.0 < b.0;
+                Some(if shape_wins || spread_wins { i } else { b })
+            }
+            (b, i) => b.or(i),
+        };
         match best {
             Some((score, index)) => Ok((index, score)),
             None => {

@@ -72,7 +72,7 @@ pub fn consolidate(snapshot: &Snapshot, budget: &DisruptionBudget, seed: u64) ->
         let mut targets: Vec<(u32, &TaskAsk)> = Vec::new();
         let mut all_fit = true;
         for running in &tasks {
-            match cluster.find(&running.task, snapshot.policy.allows_spot(&running.task)) {
+            match cluster.find_busy_first(&running.task, snapshot.policy.allows_spot(&running.task)) {
                 Ok((target, score)) if !score.opens => {
                     cluster.assign(target, &running.task);
                     targets.push((target, &running.task));

@@ -60,7 +60,7 @@ fn best_fit_prefers_the_fullest_machine_that_fits() {
 }
 
 #[test]
-fn an_idle_paid_machine_opens_only_when_no_busy_one_fits_and_work_goes_where_its_share_is_cheapest() {
+fn an_idle_paid_machine_opens_when_no_busy_one_fits_and_work_goes_where_its_share_is_cheapest() {
     let mut busy = priced(1, "aws", 4000, 8 * GIB, 200_000);
     busy.allocated = Resources::new(3500, 7 * GIB);
     let dear = priced(2, "aws", 4000, 8 * GIB, 190_000);
@@ -74,8 +74,24 @@ fn an_idle_paid_machine_opens_only_when_no_busy_one_fits_and_work_goes_where_its
     // small one then joins it (a busy machine, and a cheaper rate than machine 1).
     assert_eq!(on(2), Some(Uuid::from_u128(3)), "the big one opens the cheapest idle machine");
     assert_eq!(on(1), Some(Uuid::from_u128(3)), "the small one goes where its share is cheapest");
-    let alone = schedule(&snapshot, &[small_only()], 1);
-    assert_eq!(alone.placements[0].machine, Uuid::from_u128(1), "a busy machine beats an idle one");
+    // Machine 2's share is only 5% cheaper than the busy machine's: not worth opening.
+    let without_cheap = Snapshot { machines: snapshot.machines[..2].to_vec(), ..Snapshot::default() };
+    let alone = schedule(&without_cheap, &[small_only()], 1);
+    assert_eq!(alone.placements[0].machine, Uuid::from_u128(1), "a busy machine beats a similar idle one");
+}
+
+#[test]
+fn a_much_better_shaped_idle_machine_opens_before_a_busy_one_is_filled_lopsidedly() {
+    // A memory-rich machine with work (2 cores, 30 GiB free) and an idle cpu-rich one: a
+    // cpu-only task costs 0.25 of the memory-rich machine's price by its dominant resource,
+    // and half as much on the cpu-rich one, so it opens that one instead of stranding memory.
+    let mut memory_rich = priced(1, "aws", 4000, 32 * GIB, 200_000);
+    memory_rich.allocated = Resources::new(2000, 2 * GIB);
+    let cpu_rich = priced(2, "aws", 4000, 8 * GIB, 100_000);
+    let snapshot = Snapshot { machines: vec![memory_rich, cpu_rich], ..Snapshot::default() };
+    let task = TaskAsk { spread: Spread { machines: false, ..Spread::default() }, ..ask(1, "a", 1000, GIB / 2) };
+    let plan = schedule(&snapshot, &[task], 1);
+    assert_eq!(plan.placements[0].machine, Uuid::from_u128(2));
 }
 
 fn small_only() -> TaskAsk {
