@@ -388,8 +388,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Runs the health check until it fails `failures` times in a row; never returns for tasks
-/// without a check.
+/// Runs the health check until it fails `failures` times in a row after the grace period;
+/// never returns for tasks without a check. Probes start at once, so a task that is ready
+/// early is reported healthy early; failures within the grace period do not count.
 async fn watch_health(
     ctx: &Context,
     assignment: &TaskAssignment,
@@ -397,7 +398,7 @@ async fn watch_health(
     status: &Mutex<Status>,
 ) -> String {
     let Some(check) = &assignment.health else { return std::future::pending().await };
-    tokio::time::sleep(check.grace.as_std()).await;
+    let started = Instant::now();
     let mut failures = 0;
     loop {
         match health::probe(check, &ctx.address, ports, &ctx.http).await {
@@ -405,7 +406,7 @@ async fn watch_health(
                 failures = 0;
                 lock(status).healthy = Some(true);
             }
-            Err(reason) => {
+            Err(reason) if started.elapsed() >= check.grace.as_std() => {
                 failures += 1;
                 lock(status).healthy = Some(false);
                 tracing::debug!(task = %assignment.task_id, %reason, failures, "health check failed");
@@ -413,8 +414,15 @@ async fn watch_health(
                     return reason;
                 }
             }
+            Err(_) => {}
         }
-        tokio::time::sleep(health::interval(check)).await;
+        // Poll quickly until the first success so readiness is seen early.
+        let pause = if lock(status).healthy.is_none() {
+            Duration::from_millis(100).min(health::interval(check))
+        } else {
+            health::interval(check)
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

@@ -1,0 +1,7 @@
+//! End-to-end tests: each runs a whole Canopy (Postgres database, control service, machines as
+//! cgroup slices with real agents, real task processes) and checks what a user would see.
+
+mod api;
+mod deploy;
+mod failure;
+mod restart;
