@@ -290,3 +290,62 @@ fn keyed(path: &Path, key: &str) -> Option<u64> {
         (k == key).then(|| v.trim().parse().ok()).flatten()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { resources: Resources::new(250, 64 << 20), pids: 32 }
+    }
+
+    #[test]
+    fn v1_writes_limits_in_each_hierarchy() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cgroups = Cgroups::V1(v1::Mounts::under(root.path()));
+        let cgroup = cgroups.create(Path::new("slice/task"), &limits()).expect("create");
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).expect(p);
+        assert_eq!(read("memory/slice/task/memory.limit_in_bytes"), (64 << 20).to_string());
+        assert_eq!(read("cpu/slice/task/cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu/slice/task/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu/slice/task/cpu.shares"), "256");
+        assert_eq!(read("pids/slice/task/pids.max"), "32");
+        assert_eq!(cgroup.procs_files().len(), 4);
+        assert_eq!(cgroup.memory_limit(), Some(64 << 20));
+    }
+
+    #[test]
+    fn v2_enables_controllers_down_the_tree_and_writes_limits() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let cgroups = Cgroups::V2(root.path().to_path_buf());
+        let cgroup = cgroups.create(Path::new("slice/task"), &limits()).expect("create");
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).expect(p);
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(read("slice/cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(read("slice/task/memory.max"), (64 << 20).to_string());
+        assert_eq!(read("slice/task/cpu.max"), "25000 100000");
+        assert_eq!(read("slice/task/cpu.weight"), "25");
+        assert_eq!(read("slice/task/pids.max"), "32");
+        assert_eq!(cgroup.procs_files(), vec![root.path().join("slice/task/cgroup.procs")]);
+    }
+
+    #[test]
+    fn v2_reads_usage_and_oom_kills() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("t");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").expect("write");
+        std::fs::write(dir.join("memory.current"), "4096\n").expect("write");
+        std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").expect("write");
+        let cgroup = Cgroups::V2(root.path().to_path_buf()).open(Path::new("t"));
+        assert_eq!(cgroup.usage(), Usage { cpu_usec: 1500, memory_bytes: 4096, memory_peak_bytes: 4096 });
+        assert_eq!(cgroup.oom_kills(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let cgroups = Cgroups::V2(PathBuf::from("/proc/definitely/not/here"));
+        let error = cgroups.create(Path::new("x"), &limits()).expect_err("cannot create under /proc");
+        assert!(error.to_string().contains("/proc/definitely"), "{error}");
+    }
+}
