@@ -75,6 +75,22 @@ struct Machine {
     view: MachineView,
     start: u64,
     tasks: u32,
+    /// Allocated cpu-seconds so far, up to `touched`.
+    used: f64,
+    touched: u64,
+}
+
+impl Machine {
+    fn touch(&mut self, now: u64) {
+        let now = now.max(self.touched);
+        self.used += self.view.allocated.milli_cpu as f64 * (now - self.touched) as f64;
+        self.touched = now;
+    }
+}
+
+thread_local! {
+    /// Per instance type: cost, allocated cpu-seconds, capacity cpu-seconds, machines.
+    static BREAKDOWN: std::cell::RefCell<std::collections::BTreeMap<String, (f64, f64, f64, u64)>> = Default::default();
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -109,6 +125,16 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
 
     let give_back = |m: Machine, at: u64, cost: &mut f64, cpu: &mut f64, memory: &mut f64| {
         let seconds = at.saturating_sub(m.start) as f64;
+        let mut m = m;
+        m.touch(at);
+        BREAKDOWN.with(|b| {
+            let mut b = b.borrow_mut();
+            let e = b.entry(m.view.offering.clone()).or_default();
+            e.0 += m.view.price as f64 * seconds / 3600.0 / 1e6;
+            e.1 += m.used;
+            e.2 += m.view.capacity.milli_cpu as f64 * seconds;
+            e.3 += 1;
+        });
         *cost += m.view.price as f64 * seconds / 3600.0;
         *cpu += m.view.capacity.milli_cpu as f64 * seconds;
         *memory += m.view.capacity.memory_bytes as f64 * seconds;
@@ -124,6 +150,7 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
             ends.pop();
             let Some(id) = task_machine[task].take() else { continue };
             if let Some(m) = machines.get_mut(&id) {
+                m.touch(end);
                 m.view.allocated = m.view.allocated.saturating_sub(&vms[task].size);
                 m.tasks -= 1;
                 if m.tasks == 0 {
@@ -156,6 +183,7 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
             for p in &plan.placements {
                 let task = index_of[&p.task];
                 let m = machines.get_mut(&p.machine).expect("placed on a known machine");
+                m.touch(now);
                 m.view.allocated += vms[task].size;
                 m.tasks += 1;
                 // Work placed on a machine still booting starts when it is up.
@@ -174,7 +202,7 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
                     spot: p.spot,
                     ..MachineView::default()
                 };
-                let mut m = Machine { view, start: now, tasks: 0 };
+                let mut m = Machine { view, start: now, tasks: 0, used: 0.0, touched: now };
                 for id in &p.tasks {
                     let task = index_of[id];
                     m.view.allocated += vms[task].size;
@@ -215,15 +243,17 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
                     price: p.price,
                     ..MachineView::default()
                 };
-                machines.insert(p.id, Machine { view, start: now, tasks: 0 });
+                machines.insert(p.id, Machine { view, start: now, tasks: 0, used: 0.0, touched: now });
             }
             for mv in &plan.moves {
                 let task = index_of[&mv.task];
                 if let Some(from) = machines.get_mut(&mv.from) {
+                    from.touch(now);
                     from.view.allocated = from.view.allocated.saturating_sub(&vms[task].size);
                     from.tasks -= 1;
                 }
                 let to = machines.get_mut(&mv.to).expect("move target exists");
+                to.touch(now);
                 to.view.allocated += vms[task].size;
                 to.tasks += 1;
                 task_machine[task] = Some(mv.to);
@@ -347,6 +377,10 @@ fn main() {
     let start = Instant::now();
     let ours = simulate(&vms, &catalog, &policy, true);
     let seconds = start.elapsed().as_secs_f64();
+    // Where our money went, by instance type (cost, machines, allocated share of their cpu).
+    let breakdown = BREAKDOWN.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut rows: Vec<_> = breakdown.into_iter().collect();
+    rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
 
     // Baseline 1: every VM alone on the cheapest allowed on-demand offering that fits it,
     // billed like every machine here from the request (so including the boot).
@@ -385,6 +419,9 @@ fn main() {
         ours.pending_p99,
         ours.unplaced_at_end
     );
+    for (offering, (cost, used, capacity, n)) in rows.iter().take(6) {
+        println!("    {offering:<22} ${cost:>6.0}  {n:>6} machines  cpu allocated {:.1}%", 100.0 * used / capacity);
+    }
     for (provider, o) in &single {
         println!(
             "  single provider {provider}: ${:.0}; utilization cpu {:.1}% memory {:.1}%; pending mean {:.0} s",

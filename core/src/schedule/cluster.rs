@@ -22,7 +22,7 @@ const CANDIDATES_PACK: u32 = 2;
 /// task) is below this fraction (per mille) of its share cost on the busy one. Without this a
 /// memory-rich machine that has work takes cpu-heavy tasks until it is cpu-full with its memory
 /// idle, while a cpu-rich machine that would hold them stays closed.
-const OPEN_WHEN_SHARE_BELOW_PERMILLE: u64 = 900;
+pub(crate) const OPEN_WHEN_SHARE_BELOW_PERMILLE: u64 = 900;
 
 /// Lower is better. Spread preferences come first (only when the task asks for them), then
 /// what the placement adds to the bill, then how tightly it packs, then a seeded tie-break.

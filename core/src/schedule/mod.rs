@@ -4,7 +4,8 @@
 //! the same plan. It never overcommits a machine, and "does not fit" is an outcome carried in
 //! the plan with its reasons, never an error. One pass places pending work on existing machines
 //! (cost-aware best fit with spread), buys machines for what is left when the snapshot carries
-//! a catalog (the provisioning planner), and lets what still has no room evict lower-priority
+//! a catalog (the provisioning planner; a task whose share of the machine it would get costs
+//! much more than a machine bought for it alone is left to the planner too), and lets what still has no room evict lower-priority
 //! preemptible work. [`consolidate`] is the separate, periodic pass that gives machines back;
 //! [`explain`] says what a placement would have cost elsewhere. Nothing here does I/O, reads
 //! the clock or draws randomness other than from the seed it is given.
@@ -39,10 +40,12 @@ pub fn schedule(snapshot: &Snapshot, pending: &[TaskAsk], seed: u64) -> Plan {
     let mut cluster = Cluster::new(&snapshot.machines, seed);
     let ordered = place::order(pending, &snapshot.machines);
     let mut plan = Plan::default();
-    let unplaced = place::place_all(&mut cluster, &ordered, &snapshot.policy, &mut plan);
+    let (mut unplaced, deferred) = place::place_all(&mut cluster, &ordered, snapshot, &mut plan);
+    unplaced.extend(deferred.iter().map(|&task| (task, NoFit::default())));
     // Buying room comes before evicting anyone: preemption is for work that cannot be bought
     // room for (no catalog, policy, quota).
     let unplaced = planner::provision(snapshot, unplaced, seed, &mut plan.provisions);
+    let unplaced = place::place_leftovers(&mut cluster, unplaced, &deferred, &snapshot.policy, &mut plan);
     let unplaced = preempt::preempt(&mut cluster, &snapshot.running, unplaced, &snapshot.policy, &mut plan);
     plan.unplaced = unplaced.into_iter().map(|(task, reason)| Unplaced { task: task.id, reason }).collect();
     plan

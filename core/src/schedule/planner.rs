@@ -4,10 +4,12 @@
 //! Tasks are grouped into classes that may share a machine (same constraints, same right to
 //! spot, same spread limit) and, within a class, into shapes (same size). For each class the
 //! candidate offerings are those the policy, the constraints and the quotas allow, reduced to
-//! the ones no cheaper offering of the same provider dominates. The fractional cover bound
-//! gives each resource a marginal price, so each shape has a value (what it is worth to hold
-//! it); machines are then chosen greedily by price per value packed, largest shapes first, and
-//! identical machines are committed in batches. Owned capacity costs nothing at the margin, so
+//! the ones no cheaper offering of the same provider dominates. Each shape is valued at what
+//! one task of it would cost alone on the cheapest candidate that holds it (the fractional
+//! cover bound's resource prices stand in when only owned capacity holds it); machines are then
+//! chosen greedily by price per value packed, most valuable shapes first, so a large machine
+//! is bought only where it costs less than its tasks would alone, and identical machines are
+//! committed in batches. Owned capacity costs nothing at the margin, so
 //! it fills first; spot prices are offered only to interruptible work the policy allows there.
 //! It deliberately does not place onto existing machines (that is `place`) nor evict.
 
@@ -94,12 +96,7 @@ pub(crate) fn provision<'a>(
             }
         })
         .collect();
-    let allowed: Vec<u32> = (0..catalog.offerings.len() as u32)
-        .filter(|&i| {
-            let o = &catalog.offerings[i as usize];
-            policy.allows_provider(&o.provider) && policy.allows_region(&o.region)
-        })
-        .collect();
+    let allowed = allowed_offerings(snapshot);
     let policy_filtered = (catalog.offerings.len() - allowed.len()) as u32;
 
     let mut still_unplaced = Vec::new();
@@ -182,25 +179,10 @@ fn candidates(
     spot_ok: bool,
     filtered: &mut BTreeMap<Filter, u32>,
 ) -> Vec<Candidate> {
-    let c = &exemplar.constraints;
-    let any = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
     let mut out = Vec::new();
     for &index in allowed {
         let o = &offerings[index as usize];
-        let rejected = if !any(&c.providers, &o.provider) {
-            Some(Filter::Provider)
-        } else if !any(&c.regions, &o.region) {
-            Some(Filter::Region)
-        } else if !c.zones.is_empty() && !o.zones.iter().any(|z| c.zones.contains(z)) {
-            Some(Filter::Zone)
-        } else if c.labels.iter().any(|(k, v)| o.labels.get(k) != Some(v)) {
-            Some(Filter::Label)
-        } else if c.arch.as_deref().is_some_and(|arch| arch != o.arch()) {
-            Some(Filter::Arch)
-        } else {
-            None
-        };
-        if let Some(filter) = rejected {
+        if let Some(filter) = offering_rejects(o, exemplar) {
             *filtered.entry(filter).or_default() += 1;
             continue;
         }
@@ -218,6 +200,56 @@ fn candidates(
         }
     }
     out
+}
+
+/// The first constraint of `task` that `offering` does not meet, if any (policy and spot aside).
+fn offering_rejects(o: &Offering, task: &TaskAsk) -> Option<Filter> {
+    let c = &task.constraints;
+    let any = |list: &[String], value: &str| list.is_empty() || list.iter().any(|v| v == value);
+    if !any(&c.providers, &o.provider) {
+        Some(Filter::Provider)
+    } else if !any(&c.regions, &o.region) {
+        Some(Filter::Region)
+    } else if !c.zones.is_empty() && !o.zones.iter().any(|z| c.zones.contains(z)) {
+        Some(Filter::Zone)
+    } else if c.labels.iter().any(|(k, v)| o.labels.get(k) != Some(v)) {
+        Some(Filter::Label)
+    } else if c.arch.as_deref().is_some_and(|arch| arch != o.arch()) {
+        Some(Filter::Arch)
+    } else {
+        None
+    }
+}
+
+/// What `task` would cost alone on the cheapest machine the snapshot's catalog could sell it
+/// (on demand, or spot when `spot_ok`), or `None` when nothing can be bought for it. Owned
+/// capacity counts at its marginal price of zero.
+pub(crate) fn standalone_price(snapshot: &Snapshot, allowed: &[u32], task: &TaskAsk, spot_ok: bool) -> Option<u64> {
+    let offerings = &snapshot.catalog.offerings;
+    allowed
+        .iter()
+        .map(|&i| &offerings[i as usize])
+        .filter(|o| o.capacity.fits(&task.resources) && o.gpus >= task.gpus && offering_rejects(o, task).is_none())
+        .filter_map(|o| {
+            let on_demand = o.marginal_price(false);
+            let spot = if spot_ok && !o.sunk { o.price_spot } else { None };
+            match (on_demand, spot) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
+        })
+        .min()
+}
+
+/// The offerings the policy lets the snapshot buy, by index.
+pub(crate) fn allowed_offerings(snapshot: &Snapshot) -> Vec<u32> {
+    let policy = &snapshot.policy;
+    (0..snapshot.catalog.offerings.len() as u32)
+        .filter(|&i| {
+            let o = &snapshot.catalog.offerings[i as usize];
+            policy.allows_provider(&o.provider) && policy.allows_region(&o.region)
+        })
+        .collect()
 }
 
 /// Drops candidates that a no-dearer candidate of the same provider matches or beats in every
@@ -246,9 +278,9 @@ fn pareto(candidates: &[Candidate]) -> Vec<Candidate> {
     kept
 }
 
-/// Gives each shape its worth at the fractional bound's resource prices, then sorts shapes
-/// largest first. A tiny size term keeps shapes comparable when the prices are zero (only
-/// owned capacity) or one resource is free at the margin.
+/// Gives each shape its worth (its price alone, else its cost at the fractional bound's
+/// resource prices), then sorts shapes most valuable first. A tiny size term keeps shapes
+/// comparable when the prices are zero (only owned capacity) or one resource is free.
 fn assign_values(class: &mut Class<'_>, candidates: &[Candidate]) {
     let demand: Resources = class
         .shapes
@@ -273,10 +305,22 @@ fn assign_values(class: &mut Class<'_>, candidates: &[Candidate]) {
     for shape in &mut class.shapes {
         let size =
             shape.resources.milli_cpu as f64 / 1000.0 + shape.resources.memory_bytes as f64 / (4u64 << 30) as f64;
-        shape.value = per_cpu * shape.resources.milli_cpu as f64
-            + per_byte * shape.resources.memory_bytes as f64
-            + per_gpu * f64::from(shape.gpus)
-            + 1e-3 * size;
+        // What the task would cost alone on the cheapest paid machine that holds it: packing
+        // is only worth it where a machine costs less than its tasks would alone.
+        let alone = candidates
+            .iter()
+            .filter(|c| c.marginal > 0 && c.capacity.fits(&shape.resources) && c.gpus >= shape.gpus)
+            .map(|c| c.marginal)
+            .min();
+        shape.value = match alone {
+            Some(price) => price as f64 + 1e-3 * size,
+            _ => {
+                per_cpu * shape.resources.milli_cpu as f64
+                    + per_byte * shape.resources.memory_bytes as f64
+                    + per_gpu * f64::from(shape.gpus)
+                    + 1e-3 * size
+            }
+        };
     }
     class.shapes.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.tasks[0].id.cmp(&b.tasks[0].id)));
 }
