@@ -146,6 +146,33 @@ fn non_interruptible_work_never_lands_on_spot() {
 }
 
 #[test]
+fn a_small_task_is_bought_its_own_machine_rather_than_filling_a_gap_priced_for_big_ones() {
+    // A busy 32-core machine at $1.60/h with room: a 1-core task's share there is $0.05/h, while
+    // the catalog sells a 1-core machine for $0.02/h. With the catalog it is bought one; without
+    // (or when nothing can be bought) it takes the gap.
+    let mut big = priced(1, "aws", 32_000, 64 * GIB, 1_600_000);
+    big.allocated = Resources::new(16_000, 32 * GIB);
+    let small = TaskAsk { spread: Spread { machines: false, ..Spread::default() }, ..ask(1, "a", 1000, GIB) };
+    let with_catalog = Snapshot {
+        machines: vec![big.clone()],
+        catalog: catalog(vec![offering("aws", "tiny", 1, 2, 20_000, None)]),
+        ..Snapshot::default()
+    };
+    let plan = schedule(&with_catalog, std::slice::from_ref(&small), 1);
+    assert!(plan.placements.is_empty());
+    assert_eq!(plan.provisions.len(), 1);
+    assert_eq!(plan.provisions[0].instance_type, "tiny");
+    let nothing_allowed = Snapshot {
+        policy: Policy { allowed_providers: vec!["azure".into()], ..Policy::default() },
+        ..with_catalog.clone()
+    };
+    let plan = schedule(&nothing_allowed, std::slice::from_ref(&small), 1);
+    assert_eq!(plan.placements.len(), 1, "nothing can be bought: the gap is used after all");
+    let plan = schedule(&Snapshot { machines: vec![big], ..Snapshot::default() }, &[small], 1);
+    assert_eq!(plan.placements.len(), 1);
+}
+
+#[test]
 fn an_empty_pool_says_so() {
     let plan = schedule(&Snapshot::default(), &[ask(1, "a", 1, 1)], 1);
     assert_eq!(plan.unplaced[0].reason.to_string(), "no machine is ready to receive work");
