@@ -15,6 +15,7 @@ mod cluster;
 mod consolidate;
 mod cover;
 mod explain;
+mod hashing;
 mod model;
 mod place;
 mod planner;
