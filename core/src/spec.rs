@@ -34,6 +34,10 @@ pub struct AppSpec {
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: Millis,
+    /// The app tolerates losing an instance to a reclaimed machine, so Canopy may run it on
+    /// spot capacity.
+    #[serde(default)]
+    pub interruptible: bool,
 }
 
 fn default_instances() -> u32 {

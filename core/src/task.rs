@@ -65,25 +65,58 @@ impl TaskState {
     }
 }
 
-/// Machine lifecycle. Later providers add the provisioning states in front of `Ready`.
+/// Machine lifecycle. Bought machines start at `Requested` (recorded before any provider
+/// call) and go through `Booting` (the provider has it; its agent has not joined); machines
+/// joined by hand start at `Ready`.
+///
+/// ```text
+/// Requested -> Booting -> Ready -> Draining -> Terminating -> Terminated
+///                  \-> Failed (boot timeout, interrupted) -> Terminated
+///                          Ready <-> Lost (missed heartbeats)
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MachineState {
+    Requested,
+    Booting,
     Ready,
+    /// Receives no new work; terminated once empty.
+    Draining,
+    Terminating,
+    Terminated,
+    /// Did not boot in time, or the provider interrupted it; its tasks were replaced.
+    Failed,
     /// Missed heartbeats for longer than the liveness TTL; its tasks were replaced.
     Lost,
 }
 
 impl MachineState {
+    pub const ALL: [MachineState; 8] = [
+        MachineState::Requested,
+        MachineState::Booting,
+        MachineState::Ready,
+        MachineState::Draining,
+        MachineState::Terminating,
+        MachineState::Terminated,
+        MachineState::Failed,
+        MachineState::Lost,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
+            MachineState::Requested => "requested",
+            MachineState::Booting => "booting",
             MachineState::Ready => "ready",
+            MachineState::Draining => "draining",
+            MachineState::Terminating => "terminating",
+            MachineState::Terminated => "terminated",
+            MachineState::Failed => "failed",
             MachineState::Lost => "lost",
         }
     }
 
     pub fn parse(text: &str) -> Option<MachineState> {
-        [MachineState::Ready, MachineState::Lost].into_iter().find(|s| s.as_str() == text)
+        MachineState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 
@@ -97,6 +130,9 @@ mod tests {
             assert_eq!(TaskState::parse(state.as_str()), Some(state));
             let json = serde_json::to_string(&state).expect("serialize");
             assert_eq!(json, format!("\"{}\"", state.as_str()));
+        }
+        for state in MachineState::ALL {
+            assert_eq!(MachineState::parse(state.as_str()), Some(state));
         }
     }
 }

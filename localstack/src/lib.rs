@@ -5,10 +5,12 @@
 //! Killing a slice is a machine failure. The demo and the end-to-end tests both run on this;
 //! it holds no logic of the control service or the agent, only their processes.
 
+pub mod booter;
 pub mod machine;
+pub mod moto;
 pub mod process;
 
 pub use database::TempDatabase;
-pub use machine::{LocalMachine, MachineSpec};
+pub use machine::{LocalMachine, MachineSpec, Slice};
 pub use process::{Binaries, ControlService};
 pub mod database;

@@ -19,12 +19,61 @@ pub struct MachineSpec {
     pub labels: BTreeMap<String, String>,
 }
 
+/// Room in a machine's slice for its agent, on top of what the machine offers to tasks.
+const AGENT_OVERHEAD: Resources = Resources { milli_cpu: 100, memory_bytes: 64 << 20 };
+
+/// A machine's cgroup slice: `<path>` limited to the machine's size, with the agent in
+/// `<path>/agent` and tasks under `<path>/workloads`.
+pub struct Slice {
+    cgroups: Cgroups,
+    path: PathBuf,
+    cgroup: Cgroup,
+}
+
+impl Slice {
+    /// Creates the slice, first killing whatever a leftover slice of that name still holds.
+    pub fn create(cgroups: &Cgroups, path: &Path, capacity: Resources) -> Result<Slice> {
+        cgroups.open(path).kill_tree()?;
+        let cgroup = cgroups.create(path, &Limits { resources: capacity + AGENT_OVERHEAD, pids: 4096 })?;
+        cgroups.create(&path.join("agent"), &Limits { resources: AGENT_OVERHEAD, pids: 256 })?;
+        Ok(Slice { cgroups: cgroups.clone(), path: path.to_path_buf(), cgroup })
+    }
+
+    /// Where the agent puts its tasks' cgroups.
+    pub fn workloads(&self) -> PathBuf {
+        self.path.join("workloads")
+    }
+
+    /// Starts `command` (the agent, or a bootstrap that execs it) in the agent's cgroup and its
+    /// own session.
+    pub fn spawn_agent(&self, mut command: Command) -> Result<Child> {
+        let join = self.cgroups.open(&self.path.join("agent")).join_files();
+        // SAFETY: only async-signal-safe calls between fork and exec (see JoinFiles, setsid).
+        unsafe {
+            command.pre_exec(move || {
+                libc::setsid();
+                join.join_self()
+            });
+        }
+        Ok(command.spawn()?)
+    }
+
+    /// Pids of the task processes (not the agent).
+    pub fn task_pids(&self) -> Vec<u32> {
+        self.cgroups.open(&self.workloads()).subtree().iter().flat_map(Cgroup::pids).collect()
+    }
+
+    /// Kills everything in the slice and removes it: the machine is gone.
+    pub fn destroy(&self) -> Result<()> {
+        Ok(self.cgroup.kill_tree()?)
+    }
+}
+
 pub struct LocalMachine {
     pub spec: MachineSpec,
-    pub slice: Cgroup,
+    pub slice: Slice,
     pub state_dir: PathBuf,
     cgroups: Cgroups,
-    slice_path: PathBuf,
     agent: Option<Child>,
     control_url: String,
     binaries: Binaries,
@@ -42,21 +91,13 @@ impl LocalMachine {
         join_token: &str,
     ) -> Result<LocalMachine> {
         let cgroups = Cgroups::detect()?;
-        let slice_path = cgroup_root.join(&spec.name);
-        // A leftover slice from an earlier run would hold stale processes: start clean.
-        cgroups.open(&slice_path).kill_tree()?;
-        // The slice holds the agent and its tasks; the agent's own share is small, so the
-        // slice gets the machine's capacity plus room for the agent.
-        let agent_overhead = Resources::new(100, 64 << 20);
-        let slice = cgroups.create(&slice_path, &Limits { resources: spec.capacity + agent_overhead, pids: 4096 })?;
-        cgroups.create(&slice_path.join("agent"), &Limits { resources: agent_overhead, pids: 256 })?;
+        let slice = Slice::create(&cgroups, &cgroup_root.join(&spec.name), spec.capacity)?;
         std::fs::create_dir_all(state_dir)?;
         let mut machine = LocalMachine {
             spec,
             slice,
             state_dir: state_dir.to_path_buf(),
             cgroups,
-            slice_path,
             agent: None,
             control_url: control_url.to_string(),
             binaries: binaries.clone(),
@@ -67,8 +108,6 @@ impl LocalMachine {
 
     /// (Re)starts the agent process; `join_token` is only needed before the first join.
     pub fn start_agent(&mut self, join_token: Option<&str>) -> Result<()> {
-        let agent_cgroup = self.cgroups.open(&self.slice_path.join("agent"));
-        let join = agent_cgroup.join_files();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.state_dir.join("agent.log"))?;
         let mut command = Command::new(&self.binaries.agent);
         command
@@ -85,7 +124,7 @@ impl LocalMachine {
             .arg("--memory")
             .arg(self.spec.capacity.memory_bytes.to_string())
             .arg("--cgroup-parent")
-            .arg(self.slice_path.join("workloads"))
+            .arg(self.slice.workloads())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
@@ -95,14 +134,9 @@ impl LocalMachine {
         if let Some(token) = join_token {
             command.env("CANOPY_JOIN_TOKEN", token);
         }
-        // SAFETY: only async-signal-safe calls between fork and exec (see JoinFiles, setsid).
-        unsafe {
-            command.pre_exec(move || {
-                libc::setsid();
-                join.join_self()
-            });
-        }
-        self.agent = Some(command.spawn().with_context(|| format!("starting {}", self.binaries.agent.display()))?);
+        self.agent = Some(
+            self.slice.spawn_agent(command).with_context(|| format!("starting {}", self.binaries.agent.display()))?,
+        );
         Ok(())
     }
 
@@ -120,29 +154,19 @@ impl LocalMachine {
     /// Kills the agent and every process in the machine's slice: a machine failure.
     pub async fn fail(&mut self) -> Result<()> {
         self.kill_agent().await;
-        let slice = self.slice.clone();
-        tokio::task::spawn_blocking(move || slice.kill_tree()).await??;
+        let cgroup = self.slice.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.kill_tree()).await??;
         Ok(())
-    }
-
-    /// Recreates the slice after a failure and starts the agent again with its saved
-    /// credentials (the machine "reboots").
-    pub async fn reboot(&mut self) -> Result<()> {
-        let overhead = Resources::new(100, 64 << 20);
-        self.slice =
-            self.cgroups.create(&self.slice_path, &Limits { resources: self.spec.capacity + overhead, pids: 4096 })?;
-        self.cgroups.create(&self.slice_path.join("agent"), &Limits { resources: overhead, pids: 256 })?;
-        self.start_agent(None)
     }
 
     /// Pids of the machine's task processes (not the agent).
     pub fn task_pids(&self) -> Vec<u32> {
-        self.cgroups.open(&self.slice_path.join("workloads")).subtree().iter().flat_map(Cgroup::pids).collect()
+        self.slice.task_pids()
     }
 
     /// The cgroup of one task on this machine.
     pub fn task_cgroup(&self, task_id: &str) -> Cgroup {
-        self.cgroups.open(&self.slice_path.join("workloads").join(task_id))
+        self.cgroups.open(&self.slice.workloads().join(task_id))
     }
 }
 
@@ -151,7 +175,7 @@ impl Drop for LocalMachine {
         if let Some(agent) = self.agent.as_mut() {
             let _ = agent.start_kill();
         }
-        if let Err(error) = self.slice.kill_tree() {
+        if let Err(error) = self.slice.destroy() {
             tracing::warn!(%error, machine = %self.spec.name, "cannot remove machine slice");
         }
     }

@@ -1,11 +1,13 @@
 //! `canopy-localstack demo`: the whole of Canopy on this machine, until Ctrl-C.
 
 use anyhow::{Context, Result, bail};
-use canopy_core::Resources;
-use canopy_localstack::{Binaries, ControlService, LocalMachine, MachineSpec, TempDatabase};
+use canopy_localstack::booter::{self, Booter};
+use canopy_localstack::moto::Moto;
+use canopy_localstack::{Binaries, ControlService, TempDatabase};
 use clap::{Parser, Subcommand};
-use std::collections::BTreeMap;
+use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -17,8 +19,18 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start Postgres-backed control service, three local machines with agents, and deploy the
-    /// sample app; run until Ctrl-C, which stops everything this started.
+    /// Start the emulated clouds (EC2 via moto) and the booter, in the foreground until Ctrl-C.
+    Up {
+        #[arg(long, default_value = ".canopy/localstack")]
+        state_dir: PathBuf,
+    },
+    /// Show whether the local stack started by `up` is running, and its instances.
+    Status,
+    /// Stop the local stack started by `up`.
+    Down,
+    /// Start the emulated clouds, the control service on Postgres, and deploy the sample app,
+    /// for which Canopy buys machines that boot real agents; run until Ctrl-C, which stops
+    /// everything this started.
     Demo {
         /// PostgreSQL server URL (the demo creates its own database there).
         #[arg(long, env = "CANOPY_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
@@ -26,8 +38,6 @@ enum Command {
         /// Control service address; falls back to a free port when taken.
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
-        #[arg(long, default_value_t = 3)]
-        machines: u8,
         /// Where the demo keeps machines' state and logs.
         #[arg(long, default_value = ".canopy/demo")]
         state_dir: PathBuf,
@@ -41,13 +51,94 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Args::parse().command {
-        Command::Demo { database_url, listen, machines, state_dir } => {
-            demo(&database_url, &listen, machines, &state_dir).await
+        Command::Demo { database_url, listen, state_dir } => demo(&database_url, &listen, &state_dir).await,
+        Command::Up { state_dir } => up(&state_dir).await,
+        Command::Status => status().await,
+        Command::Down => down(),
+    }
+}
+
+/// Where `up` records what it started, for `status` and `down`.
+const STACK_FILE: &str = ".canopy/localstack.json";
+
+/// The emulated clouds and the booter, until `stop` resolves.
+struct LocalStack {
+    moto: Arc<Moto>,
+    booter: Arc<Booter>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalStack {
+    async fn start(repo: &Path, binaries: &Binaries, state_dir: &Path) -> Result<LocalStack> {
+        std::fs::create_dir_all(state_dir)?;
+        let moto = Arc::new(Moto::start(repo, &state_dir.join("moto.log")).await?);
+        let cgroup_root = PathBuf::from(format!("canopy-localstack-{}", std::process::id()));
+        let booter = Arc::new(Booter::new(&binaries.agent, &cgroup_root, &state_dir.join("machines"))?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(booter::run(booter.clone(), moto.clone(), Duration::from_millis(250), stop_rx));
+        Ok(LocalStack { moto, booter, stop, task })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.booter.shutdown().await;
+        if let Ok(mut moto) = Arc::try_unwrap(self.moto) {
+            moto.stop().await;
         }
     }
 }
 
-async fn demo(server_url: &str, listen: &str, machine_count: u8, state_dir: &std::path::Path) -> Result<()> {
+async fn up(state_dir: &Path) -> Result<()> {
+    let repo = std::env::current_dir()?;
+    let stack = LocalStack::start(&repo, &Binaries::find()?, &repo.join(state_dir)).await?;
+    std::fs::write(
+        STACK_FILE,
+        serde_json::to_vec(&serde_json::json!({"pid": std::process::id(), "ec2": stack.moto.url}))?,
+    )?;
+    println!("ec2: {}", stack.moto.url);
+    println!("booter: running; Ctrl-C (or `canopy-localstack down`) stops the local stack");
+    shutdown_signal().await;
+    stack.stop().await;
+    let _ = std::fs::remove_file(STACK_FILE);
+    Ok(())
+}
+
+fn read_stack_file() -> Result<serde_json::Value> {
+    let text = std::fs::read(STACK_FILE)
+        .with_context(|| format!("no local stack recorded in {STACK_FILE}: run `canopy-localstack up`"))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
+async fn status() -> Result<()> {
+    let stack = read_stack_file()?;
+    let ec2 = stack["ec2"].as_str().context("ec2 url")?;
+    let instances: serde_json::Value =
+        reqwest::get(format!("{ec2}/_canopy/instances")).await?.error_for_status()?.json().await?;
+    println!("ec2: {ec2} (pid {})", stack["pid"]);
+    for instance in instances.as_array().into_iter().flatten() {
+        println!(
+            "  {} {} {} {}",
+            instance["instance_id"], instance["instance_type"], instance["availability_zone"], instance["state"]
+        );
+    }
+    Ok(())
+}
+
+fn down() -> Result<()> {
+    let stack = read_stack_file()?;
+    let pid = stack["pid"].as_i64().context("pid")?;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+        let _ = std::fs::remove_file(STACK_FILE);
+        bail!("the local stack (pid {pid}) is not running");
+    }
+    println!("stopping the local stack (pid {pid})");
+    Ok(())
+}
+
+async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Result<()> {
     let binaries = Binaries::find()?;
     let repo = std::env::current_dir()?;
     let state_dir = repo.join(state_dir);
@@ -55,15 +146,32 @@ async fn demo(server_url: &str, listen: &str, machine_count: u8, state_dir: &std
         std::fs::remove_dir_all(&state_dir).with_context(|| format!("cleaning {}", state_dir.display()))?;
     }
     std::fs::create_dir_all(&state_dir)?;
+    println!("starting the emulated clouds (the first run installs moto into .canopy/venv-moto)...");
+    let stack = LocalStack::start(&repo, &binaries, &state_dir.join("localstack")).await?;
     let database = TempDatabase::create(server_url, "canopy_demo").await?.keep();
     let admin_token = random_token()?;
     let listen = match std::net::TcpListener::bind(listen) {
         Ok(_) => listen.to_string(),
         Err(_) => "127.0.0.1:0".to_string(),
     };
-    let mut control =
-        ControlService::start(&binaries, &database.url, &admin_token, &listen, &state_dir.join("control.log"), &[])
-            .await?;
+    let provider_env = [
+        ("CANOPY_AWS_REGIONS", "us-east-1"),
+        ("CANOPY_AWS_ENDPOINT", stack.moto.url.as_str()),
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("CANOPY_BOOT_TIMEOUT_S", "60"),
+        ("CANOPY_IDLE_TIMEOUT_S", "60"),
+    ];
+    let mut control = ControlService::start(
+        &binaries,
+        &database.url,
+        &admin_token,
+        &listen,
+        &state_dir.join("control.log"),
+        &provider_env,
+    )
+    .await?;
     let api = Api { http: reqwest::Client::new(), url: control.url.clone(), token: admin_token.clone() };
 
     api.post("/v1/teams", serde_json::json!({"name": "demo"})).await?;
@@ -73,24 +181,6 @@ async fn demo(server_url: &str, listen: &str, machine_count: u8, state_dir: &std
     let developer_token = developer["token"].as_str().context("no token")?.to_string();
     let config_path = write_cli_config(&control.url, &developer_token)?;
 
-    let mut machines = Vec::new();
-    for n in 1..=machine_count {
-        let join = api.post("/v1/join-tokens", serde_json::json!({})).await?;
-        let spec = MachineSpec {
-            name: format!("bm-{n}"),
-            address: format!("127.0.1.{n}"),
-            capacity: Resources::new(1000, 1 << 30),
-            labels: BTreeMap::from([("provider".into(), "baremetal".into()), ("zone".into(), format!("local-{n}"))]),
-        };
-        let dir = state_dir.join(&spec.name);
-        let token = join["token"].as_str().context("no join token")?;
-        machines.push(
-            LocalMachine::start(&binaries, spec, std::path::Path::new("canopy-demo"), &dir, &control.url, token)
-                .await?,
-        );
-    }
-    wait_for_machines(&api, machine_count as usize).await?;
-
     // The sample app's script ships in the repo; point its spec at this checkout's copy.
     let spec = std::fs::read_to_string(repo.join("examples/hello/app.toml")).context("examples/hello/app.toml")?;
     let spec_path = state_dir.join("hello.toml");
@@ -98,6 +188,7 @@ async fn demo(server_url: &str, listen: &str, machine_count: u8, state_dir: &std
         &spec_path,
         spec.replace("\"examples/hello/hello.py\"", &format!("{:?}", repo.join("examples/hello/hello.py"))),
     )?;
+    println!("deploying examples/hello: Canopy buys EC2 machines for it on the emulated cloud...");
     let status = tokio::process::Command::new(&binaries.canopy)
         .arg("deploy")
         .arg(&spec_path)
@@ -126,18 +217,15 @@ async fn demo(server_url: &str, listen: &str, machine_count: u8, state_dir: &std
     println!("The CLI is configured ({}) as a developer of team demo. Try:", config_path.display());
     println!("  target/debug/canopy status hello");
     println!("  target/debug/canopy machines --output json");
-    println!("  target/debug/canopy scale hello 3");
+    println!("  target/debug/canopy scale hello 4      # Canopy buys what does not fit");
     println!("  target/debug/canopy logs hello");
-    println!("Admin token: {admin_token}   Logs: {}", state_dir.display());
+    println!("Emulated EC2: {}   Admin token: {admin_token}   Logs: {}", stack.moto.url, state_dir.display());
     println!("Ctrl-C stops everything the demo started.");
 
     shutdown_signal().await;
     println!("stopping...");
-    drop(machines);
-    // The machines' common parent slice is empty now.
-    let _ = canopy_agent::cgroup::Cgroups::detect()
-        .map(|cgroups| cgroups.open(std::path::Path::new("canopy-demo")).kill_tree());
     control.stop(Duration::from_secs(5)).await;
+    stack.stop().await;
     Ok(())
 }
 
@@ -163,21 +251,6 @@ impl Api {
             bail!("GET {path}: {}", response.status());
         }
         Ok(response.json().await?)
-    }
-}
-
-async fn wait_for_machines(api: &Api, count: usize) -> Result<()> {
-    let started = Instant::now();
-    loop {
-        let machines = api.get("/v1/machines").await?;
-        let ready = machines.as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "ready").count());
-        if ready >= count {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("only {ready} of {count} machines joined");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -3,11 +3,14 @@
 
 use anyhow::{Context, Result, bail};
 use canopy_core::Resources;
+use canopy_localstack::booter::{self, Booter};
+use canopy_localstack::moto::Moto;
 use canopy_localstack::{Binaries, ControlService, LocalMachine, MachineSpec, TempDatabase};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The PostgreSQL server tests create their databases on.
@@ -21,6 +24,8 @@ pub fn unique(prefix: &str) -> String {
 }
 
 pub struct Stack {
+    /// The emulated cloud and its booter, when the stack buys machines.
+    pub cloud: Option<Cloud>,
     pub control: ControlService,
     pub machines: Vec<LocalMachine>,
     pub admin: Api,
@@ -31,6 +36,7 @@ pub struct Stack {
     pub cgroup_root: PathBuf,
     listen: String,
     admin_token: String,
+    control_env: Vec<(String, String)>,
     // Dropped last: the database goes after every process using it.
     pub database: TempDatabase,
 }
@@ -38,15 +44,63 @@ pub struct Stack {
 impl Stack {
     /// A control service with `machines` local machines of 1 cpu / 1 GiB each.
     pub async fn start(machines: usize) -> Result<Stack> {
+        let stack = Stack::start_with(None, 0).await?;
+        Stack::add_machines(stack, machines).await
+    }
+
+    /// A control service that buys its machines on emulated EC2 (moto), whose instances the
+    /// booter turns into real agents. `idle_timeout_s` is how soon empty machines are returned.
+    pub async fn start_with_cloud(idle_timeout_s: u64) -> Result<Stack> {
+        let name = unique("canopy_cloud");
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let binaries = Binaries::find()?;
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let moto = Arc::new(Moto::start(&repo, &dir.join("moto.log")).await?);
+        let booter = Arc::new(Booter::new(&binaries.agent, &PathBuf::from(&name), &dir.join("machines"))?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(booter::run(booter.clone(), moto.clone(), Duration::from_millis(200), stop_rx));
+        let cloud = Cloud { moto, booter, stop, task: Some(task), dir };
+        Stack::start_with(Some(Box::new(cloud)), idle_timeout_s).await
+    }
+
+    async fn add_machines(mut stack: Stack, machines: usize) -> Result<Stack> {
+        for _ in 0..machines {
+            stack.add_machine(Resources::new(1000, 1 << 30)).await?;
+        }
+        stack.wait_ready_machines(machines).await?;
+        Ok(stack)
+    }
+
+    async fn start_with(cloud: Option<Box<Cloud>>, idle_timeout_s: u64) -> Result<Stack> {
         let name = unique("canopy_test");
         let database = TempDatabase::create(&server_url(), &name).await?;
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let binaries = Binaries::find()?;
         let admin_token = format!("cnp_{}", uuid::Uuid::new_v4().simple());
-        let control =
-            ControlService::start(&binaries, &database.url, &admin_token, "127.0.0.1:0", &dir.join("control.log"), &[])
-                .await?;
+        let mut control_env: Vec<(String, String)> = Vec::new();
+        if let Some(cloud) = &cloud {
+            control_env.extend([
+                ("CANOPY_AWS_REGIONS".to_string(), "us-east-1".to_string()),
+                ("CANOPY_AWS_ENDPOINT".to_string(), cloud.moto.url.clone()),
+                ("AWS_ACCESS_KEY_ID".to_string(), "test".to_string()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), "test".to_string()),
+                ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+                ("CANOPY_BOOT_TIMEOUT_S".to_string(), "30".to_string()),
+                ("CANOPY_IDLE_TIMEOUT_S".to_string(), idle_timeout_s.to_string()),
+            ]);
+        }
+        let env: Vec<(&str, &str)> = control_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let control = ControlService::start(
+            &binaries,
+            &database.url,
+            &admin_token,
+            "127.0.0.1:0",
+            &dir.join("control.log"),
+            &env,
+        )
+        .await?;
         let listen = control.url.trim_start_matches("http://").to_string();
         let admin = Api::new(&control.url, &admin_token);
         admin.call(Method::POST, "/v1/teams", Some(json!({"name": "alpha"}))).await?.ok()?;
@@ -55,7 +109,8 @@ impl Stack {
             .await?
             .ok()?;
         let developer = Api::new(&control.url, token["token"].as_str().context("token")?);
-        let mut stack = Stack {
+        Ok(Stack {
+            cloud: cloud.map(|c| *c),
             control,
             machines: Vec::new(),
             admin,
@@ -65,13 +120,9 @@ impl Stack {
             binaries,
             listen,
             admin_token,
+            control_env,
             database,
-        };
-        for _ in 0..machines {
-            stack.add_machine(Resources::new(1000, 1 << 30)).await?;
-        }
-        stack.wait_ready_machines(machines).await?;
-        Ok(stack)
+        })
     }
 
     pub async fn add_machine(&mut self, capacity: Resources) -> Result<()> {
@@ -155,22 +206,61 @@ impl Stack {
     /// address, as after an upgrade or a crash-restart.
     pub async fn restart_control(&mut self) -> Result<()> {
         self.control.stop(Duration::from_secs(10)).await;
-        self.control = ControlService::start(
-            &self.binaries,
-            &self.database.url,
-            &self.admin_token,
-            &self.listen,
-            &self.dir.join("control-2.log"),
-            &[],
-        )
-        .await?;
+        self.start_control_again().await
+    }
+
+    /// Kills the control service (SIGKILL, as in a crash) and starts a new one on the same
+    /// database and address.
+    pub async fn crash_and_restart_control(&mut self) -> Result<()> {
+        self.control.kill().await;
+        self.start_control_again().await
+    }
+
+    async fn start_control_again(&mut self) -> Result<()> {
+        let env: Vec<(&str, &str)> = self.control_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let log = self.dir.join(format!("control-{}.log", uuid::Uuid::new_v4().simple()));
+        self.control =
+            ControlService::start(&self.binaries, &self.database.url, &self.admin_token, &self.listen, &log, &env)
+                .await?;
         Ok(())
+    }
+
+    pub fn moto(&self) -> Result<&Moto> {
+        self.cloud.as_ref().map(|c| c.moto.as_ref()).context("this stack has no emulated cloud")
+    }
+}
+
+/// Emulated EC2 and the booter that turns its instances into machines.
+pub struct Cloud {
+    pub moto: Arc<Moto>,
+    booter: Arc<Booter>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        // The booter's machines are killed whether or not its task got to run its shutdown.
+        let booter = self.booter.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(booter.shutdown());
+            Some(())
+        })
+        .join();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         self.machines.clear();
+        self.cloud.take();
         if let Ok(cgroups) = canopy_agent::cgroup::Cgroups::detect() {
             let _ = cgroups.open(&self.cgroup_root).kill_tree();
         }

@@ -6,6 +6,7 @@ mod table;
 pub use client::CliConfig;
 
 use crate::auth::Role;
+use crate::controllers::provisioning::{Provisioner, ProvisioningConfig};
 use crate::server::{self, ServeConfig};
 use crate::store::{AppDetail, AppSummary, EventRow, MachineRow, NewToken, Store, TeamRow};
 use anyhow::{Context, Result, bail};
@@ -13,6 +14,7 @@ use canopy_core::spec::AppSpec;
 use clap::{Parser, Subcommand, ValueEnum};
 use client::Client;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use table::Table;
 
@@ -119,6 +121,24 @@ struct ServeArgs {
     /// Machines silent for longer than this are declared lost.
     #[arg(long, env = "CANOPY_MACHINE_TTL_MS", default_value_t = 6000)]
     machine_ttl_ms: u64,
+    /// Buy machines on AWS EC2 in these regions (comma-separated); off when empty.
+    #[arg(long, env = "CANOPY_AWS_REGIONS", value_delimiter = ',')]
+    aws_regions: Vec<String>,
+    /// EC2 endpoint override (the local stack); credentials come from the usual AWS sources.
+    #[arg(long, env = "CANOPY_AWS_ENDPOINT")]
+    aws_endpoint: Option<String>,
+    /// Machine image new EC2 machines boot (it must carry canopy-agent and cloud-init).
+    #[arg(long, env = "CANOPY_AWS_IMAGE", default_value = "ami-0123456789abcdef0")]
+    aws_image: String,
+    /// URL new machines' agents reach this control service at (default: the listen address).
+    #[arg(long, env = "CANOPY_CONTROL_URL")]
+    control_url: Option<String>,
+    /// Seconds a new machine's agent has to join before the machine is replaced.
+    #[arg(long, env = "CANOPY_BOOT_TIMEOUT_S", default_value_t = 300)]
+    boot_timeout_s: u64,
+    /// Seconds a bought machine may sit without tasks before it is given back.
+    #[arg(long, env = "CANOPY_IDLE_TIMEOUT_S", default_value_t = 300)]
+    idle_timeout_s: u64,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -256,10 +276,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "control service listening");
     println!("listening: http://{address}");
+    let provisioner = if args.aws_regions.is_empty() {
+        None
+    } else {
+        let aws = canopy_provider_aws::AwsProvider::new(canopy_provider_aws::AwsConfig {
+            regions: args.aws_regions.clone(),
+            endpoint: args.aws_endpoint.clone(),
+            credentials: None,
+            image_id: args.aws_image.clone(),
+        })
+        .await;
+        let config = ProvisioningConfig {
+            control_url: args.control_url.clone().unwrap_or_else(|| format!("http://{address}")),
+            boot_timeout: Duration::from_secs(args.boot_timeout_s),
+            idle_timeout: Duration::from_secs(args.idle_timeout_s),
+        };
+        let provisioner =
+            Provisioner::new(&store, vec![Arc::new(aws)], config).await.context("loading provider offerings")?;
+        Some(Arc::new(provisioner))
+    };
     let config = ServeConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         controllers: crate::controllers::ControllerConfig {
             machine_ttl: Duration::from_millis(args.machine_ttl_ms),
+            provisioner,
             ..Default::default()
         },
     };

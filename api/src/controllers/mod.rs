@@ -4,21 +4,28 @@
 //! the result in one transaction, and is safe to repeat after a crash. Only the replica that
 //! holds the advisory lock for a step acts, so several control services can share a database.
 
+pub mod provisioning;
+
 use crate::store::{Result, Store};
+use canopy_core::schedule::Catalog;
+use provisioning::Provisioner;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ControllerConfig {
     /// How often the loops run.
     pub tick: Duration,
     /// A machine silent for longer than this is lost and its tasks are replaced.
     pub machine_ttl: Duration,
+    /// Buys and returns machines when set; without it, only machines joined by hand are used.
+    pub provisioner: Option<Arc<Provisioner>>,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { tick: Duration::from_millis(250), machine_ttl: Duration::from_secs(6) }
+        ControllerConfig { tick: Duration::from_millis(250), machine_ttl: Duration::from_secs(6), provisioner: None }
     }
 }
 
@@ -29,10 +36,12 @@ pub struct StepReport {
     pub task_changes: usize,
     pub placed: usize,
     pub unplaced: usize,
+    pub machines_requested: usize,
 }
 
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
-/// apps (creates and retires tasks), placement (assigns pending tasks).
+/// apps (creates and retires tasks), placement (assigns pending tasks, asks for machines),
+/// provisioning (buys, waits for, and returns machines).
 #[tracing::instrument(skip_all)]
 pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport> {
     let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;
@@ -40,11 +49,28 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport
         tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
     }
     let task_changes = store.reconcile_apps().await?;
-    let placement = store.place_pending().await?;
-    if placement.placed > 0 || task_changes > 0 {
-        tracing::info!(task_changes, placed = placement.placed, unplaced = placement.unplaced, "reconciled");
+    let empty = Arc::new(Catalog::default());
+    let catalog = config.provisioner.as_ref().map_or(&empty, |p| p.catalog());
+    let placement = store.place_pending(catalog).await?;
+    if placement.placed > 0 || task_changes > 0 || placement.machines_requested > 0 {
+        tracing::info!(
+            task_changes,
+            placed = placement.placed,
+            unplaced = placement.unplaced,
+            machines_requested = placement.machines_requested,
+            "reconciled"
+        );
     }
-    Ok(StepReport { machines_lost, task_changes, placed: placement.placed, unplaced: placement.unplaced })
+    if let Some(provisioner) = &config.provisioner {
+        provisioner.step(store).await?;
+    }
+    Ok(StepReport {
+        machines_lost,
+        task_changes,
+        placed: placement.placed,
+        unplaced: placement.unplaced,
+        machines_requested: placement.machines_requested,
+    })
 }
 
 /// Runs `step` every tick until `shutdown` flips. Errors are logged and retried next tick.

@@ -22,6 +22,14 @@ pub struct MachineRow {
     pub tasks: i64,
     pub cgroup_version: i16,
     pub labels: serde_json::Value,
+    pub region: String,
+    pub zone: String,
+    pub offering: String,
+    pub spot: bool,
+    /// Hourly price in micro-dollars (0 for machines joined by hand).
+    pub price_micros: i64,
+    pub provider_id: Option<String>,
+    pub state_reason: String,
     pub last_heartbeat: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
@@ -46,27 +54,63 @@ impl Store {
         let Some(join_digest) = spent else {
             return Err(StoreError::Unauthorized("join token is unknown, expired or already used".into()));
         };
-        let machine_id = Uuid::new_v4();
         let agent_token = auth::new_secret("cna")?;
         let control_key = auth::new_secret("cnk")?;
-        let provider = request.labels.get("provider").cloned().unwrap_or_else(|| "baremetal".to_string());
-        sqlx::query(
-            "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
-                                   capacity_memory, cgroup_version, labels, state)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ready')",
-        )
-        .bind(machine_id)
-        .bind(&request.name)
-        .bind(&provider)
-        .bind(&request.address)
-        .bind(&request.agent_endpoint)
-        .bind(&control_key)
-        .bind(to_i64(request.capacity.milli_cpu, "capacity.milli_cpu")?)
-        .bind(to_i64(request.capacity.memory_bytes, "capacity.memory_bytes")?)
-        .bind(i16::from(request.cgroup_version))
-        .bind(serde_json::to_value(&request.labels).map_err(|e| StoreError::Invalid(e.to_string()))?)
-        .execute(&mut *tx)
-        .await?;
+        let labels = serde_json::to_value(&request.labels).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let cpu = to_i64(request.capacity.milli_cpu, "capacity.milli_cpu")?;
+        let memory = to_i64(request.capacity.memory_bytes, "capacity.memory_bytes")?;
+        // A token minted for a machine Canopy bought joins that machine; any other token joins a
+        // new (hand-added) machine.
+        let linked: Option<Uuid> = sqlx::query_scalar("SELECT machine_id FROM join_tokens WHERE digest = $1")
+            .bind(&join_digest)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (machine_id, provider) = match linked {
+            Some(machine_id) => {
+                let provider: Option<String> = sqlx::query_scalar(
+                    "UPDATE machines SET address = $2, agent_endpoint = $3, control_key = $4, capacity_milli_cpu = $5,
+                            capacity_memory = $6, cgroup_version = $7, labels = $8, state = 'ready', last_heartbeat = now(),
+                            boot_deadline = NULL, idle_since = now()
+                     WHERE id = $1 AND state IN ('requested', 'booting') RETURNING provider",
+                )
+                .bind(machine_id)
+                .bind(&request.address)
+                .bind(&request.agent_endpoint)
+                .bind(&control_key)
+                .bind(cpu)
+                .bind(memory)
+                .bind(i16::from(request.cgroup_version))
+                .bind(&labels)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let provider = provider.ok_or_else(|| {
+                    StoreError::Unauthorized(format!("machine {machine_id} is no longer waiting for its agent"))
+                })?;
+                (machine_id, provider)
+            }
+            None => {
+                let machine_id = Uuid::new_v4();
+                let provider = request.labels.get("provider").cloned().unwrap_or_else(|| "baremetal".to_string());
+                sqlx::query(
+                    "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
+                                           capacity_memory, cgroup_version, labels, state)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ready')",
+                )
+                .bind(machine_id)
+                .bind(&request.name)
+                .bind(&provider)
+                .bind(&request.address)
+                .bind(&request.agent_endpoint)
+                .bind(&control_key)
+                .bind(cpu)
+                .bind(memory)
+                .bind(i16::from(request.cgroup_version))
+                .bind(&labels)
+                .execute(&mut *tx)
+                .await?;
+                (machine_id, provider)
+            }
+        };
         sqlx::query("UPDATE join_tokens SET machine_id = $1 WHERE digest = $2")
             .bind(machine_id)
             .bind(&join_digest)
@@ -100,7 +144,8 @@ impl Store {
         }
         let mut tx = self.begin().await?;
         let previous: Option<String> = sqlx::query_scalar(
-            "UPDATE machines m SET last_heartbeat = now(), state = 'ready', agent_endpoint = $2
+            "UPDATE machines m SET last_heartbeat = now(), agent_endpoint = $2,
+                    state = CASE WHEN old.state IN ('lost', 'booting') THEN 'ready' ELSE old.state END
              FROM (SELECT id, state FROM machines WHERE id = $1 FOR UPDATE) old
              WHERE m.id = old.id RETURNING old.state",
         )
@@ -127,9 +172,11 @@ impl Store {
             "SELECT m.id, m.name, m.provider, m.address, m.state, m.capacity_milli_cpu, m.capacity_memory,
                     COALESCE(SUM(t.milli_cpu), 0)::bigint AS allocated_milli_cpu,
                     COALESCE(SUM(t.memory), 0)::bigint AS allocated_memory,
-                    COUNT(t.id) AS tasks, m.cgroup_version, m.labels, m.last_heartbeat, m.created_at
+                    COUNT(t.id) AS tasks, m.cgroup_version, m.labels, m.region, m.zone, m.offering, m.spot,
+                    m.price_micros, m.provider_id, m.state_reason, m.last_heartbeat, m.created_at
              FROM machines m LEFT JOIN tasks t ON t.machine_id = m.id AND t.state IN ('assigned', 'running')
-             GROUP BY m.id ORDER BY m.name, m.created_at",
+             WHERE m.state <> 'terminated' OR m.terminated_at > now() - interval '1 hour'
+             GROUP BY m.id ORDER BY m.created_at, m.name",
         )
         .fetch_all(&self.pool)
         .await?)
@@ -142,7 +189,7 @@ impl Store {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(Vec::new()) };
         let lost: Vec<(Uuid, String)> = sqlx::query_as(
             "UPDATE machines SET state = 'lost'
-             WHERE state = 'ready' AND last_heartbeat < now() - make_interval(secs => $1)
+             WHERE state IN ('ready', 'draining') AND last_heartbeat < now() - make_interval(secs => $1)
              RETURNING id, name",
         )
         .bind(ttl.as_secs_f64())
@@ -168,8 +215,9 @@ impl Store {
     pub(super) async fn ready_machines(
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     ) -> Result<Vec<canopy_core::schedule::MachineView>> {
-        let rows: Vec<(Uuid, i64, i64, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, capacity_milli_cpu, capacity_memory, labels FROM machines WHERE state = 'ready' ORDER BY id FOR UPDATE",
+        let rows = sqlx::query_as::<_, SnapshotMachine>(
+            "SELECT id, state, provider, region, zone, offering, spot, price_micros, capacity_milli_cpu, capacity_memory, labels
+             FROM machines WHERE state IN ('requested', 'booting', 'ready') ORDER BY id FOR UPDATE",
         )
         .fetch_all(&mut **tx)
         .await?;
@@ -181,10 +229,21 @@ impl Store {
         .await?;
         let mut machines: Vec<canopy_core::schedule::MachineView> = rows
             .into_iter()
-            .map(|(id, cpu, memory, labels)| canopy_core::schedule::MachineView {
-                id,
-                capacity: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
-                labels: serde_json::from_value(labels).unwrap_or_default(),
+            .map(|m| canopy_core::schedule::MachineView {
+                id: m.id,
+                capacity: Resources::new(m.capacity_milli_cpu.max(0) as u64, m.capacity_memory.max(0) as u64),
+                labels: serde_json::from_value(m.labels).unwrap_or_default(),
+                provider: m.provider,
+                region: m.region,
+                zone: m.zone,
+                offering: m.offering,
+                spot: m.spot,
+                price: m.price_micros.max(0) as u64,
+                state: if m.state == "ready" {
+                    canopy_core::schedule::MachineState::Ready
+                } else {
+                    canopy_core::schedule::MachineState::Provisioning
+                },
                 ..Default::default()
             })
             .collect();
@@ -198,6 +257,21 @@ impl Store {
         }
         Ok(machines)
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct SnapshotMachine {
+    id: Uuid,
+    state: String,
+    provider: String,
+    region: String,
+    zone: String,
+    offering: String,
+    spot: bool,
+    price_micros: i64,
+    capacity_milli_cpu: i64,
+    capacity_memory: i64,
+    labels: serde_json::Value,
 }
 
 pub(super) fn to_i64(value: u64, field: &str) -> Result<i64> {

@@ -7,11 +7,13 @@
 mod apps;
 mod identity;
 mod machines;
+mod provisioning;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;
+pub use provisioning::ProvisionedMachine;
 pub use tasks::{LogTarget, PlacementOutcome};
 
 use serde::{Deserialize, Serialize};

@@ -5,13 +5,14 @@ use super::machines::to_i64;
 use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
-use canopy_core::schedule::{Snapshot, TaskAsk, schedule};
+use canopy_core::schedule::{Catalog, Constraints, Policy, Snapshot, SpotPolicy, TaskAsk, schedule};
 use canopy_core::spec::AppSpec;
 use canopy_core::task::TaskState;
 use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
 use serde::Serialize;
 use sqlx::{Postgres, Transaction};
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Seed for placement tie-breaks. Fixed, so the same state gives the same placement.
@@ -29,6 +30,7 @@ pub struct LogTarget {
 pub struct PlacementOutcome {
     pub placed: usize,
     pub unplaced: usize,
+    pub machines_requested: usize,
 }
 
 #[derive(sqlx::FromRow)]
@@ -224,28 +226,43 @@ impl Store {
 
     /// Placement controller step: asks canopy-core where pending tasks go and records the
     /// answer; unplaced tasks keep the reason in their message.
-    pub async fn place_pending(&self) -> Result<PlacementOutcome> {
+    pub async fn place_pending(&self, catalog: &Arc<Catalog>) -> Result<PlacementOutcome> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(PlacementOutcome::default()) };
-        let pending: Vec<(Uuid, Uuid, i64, i64)> = sqlx::query_as(
-            "SELECT id, app_id, milli_cpu, memory FROM tasks WHERE state = 'pending' AND desired = 'run' ORDER BY created_at, id",
+        let pending: Vec<(Uuid, Uuid, i64, i64, bool)> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'interruptible')::boolean, false)
+             FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
+             WHERE t.state = 'pending' AND t.desired = 'run' ORDER BY t.created_at, t.id",
         )
         .fetch_all(&mut *tx)
         .await?;
         if pending.is_empty() {
             return Ok(PlacementOutcome::default());
         }
-        let snapshot = Snapshot { machines: Self::ready_machines(&mut tx).await?, ..Default::default() };
+        // Spot only ever serves interruptible work; apps say whether they are.
+        let policy = Policy { spot: SpotPolicy { service: true, batch: true }, ..Default::default() };
+        let snapshot = Snapshot {
+            machines: Self::ready_machines(&mut tx).await?,
+            catalog: catalog.clone(),
+            policy,
+            ..Default::default()
+        };
         let asks: Vec<TaskAsk> = pending
             .iter()
-            .map(|&(id, app_id, cpu, memory)| TaskAsk {
+            .map(|&(id, app_id, cpu, memory, interruptible)| TaskAsk {
                 id,
                 group: app_id.to_string(),
                 resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
                 priority: 0,
+                interruptible,
+                // Agents and sample apps are built for amd64; a spec field can lift this later.
+                constraints: Constraints { arch: Some("amd64".into()), ..Default::default() },
                 ..Default::default()
             })
             .collect();
-        let plan = schedule(&snapshot, &asks, PLACEMENT_SEED);
+        // A seed from the pending set: deterministic for the same state, different across
+        // passes (machine ids the planner mints must not repeat).
+        let seed = pending.iter().fold(PLACEMENT_SEED, |seed, (id, ..)| seed.rotate_left(7) ^ id.as_u128() as u64);
+        let plan = schedule(&snapshot, &asks, seed);
         for placement in &plan.placements {
             sqlx::query(
                 "UPDATE tasks SET state = 'assigned', machine_id = $2, assigned_at = now(), message = '' WHERE id = $1 AND state = 'pending'",
@@ -262,12 +279,17 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        let provisioned = Self::record_provisions(&mut tx, &plan.provisions).await?;
         if !plan.placements.is_empty() {
             let detail = serde_json::json!({"placed": plan.placements.len(), "unplaced": plan.unplaced.len()});
             record(&mut tx, "system", "tasks.placed", "placement", None, detail).await?;
         }
         tx.commit().await?;
-        Ok(PlacementOutcome { placed: plan.placements.len(), unplaced: plan.unplaced.len() })
+        Ok(PlacementOutcome {
+            placed: plan.placements.len(),
+            unplaced: plan.unplaced.len(),
+            machines_requested: provisioned,
+        })
     }
 
     /// Where the logs of a task of app `name` can be read: the newest task of `instance`.

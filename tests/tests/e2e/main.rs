@@ -4,4 +4,5 @@
 mod api;
 mod deploy;
 mod failure;
+mod provisioning;
 mod restart;

@@ -1,0 +1,237 @@
+//! Machines Canopy buys: their records from "requested" to "terminated", written before and
+//! after each provider call so that a crash anywhere leaves something to reconcile.
+
+use super::machines::to_i64;
+use super::{Result, Store, record};
+use crate::auth;
+use canopy_core::schedule::Provision;
+use sqlx::{Postgres, Transaction};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A machine the provisioning controller has to act on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ProvisionedMachine {
+    pub id: Uuid,
+    pub name: String,
+    pub state: String,
+    pub provider: String,
+    pub region: String,
+    pub zone: String,
+    pub offering: String,
+    pub spot: bool,
+    pub capacity_milli_cpu: i64,
+    pub capacity_memory: i64,
+    pub provider_id: Option<String>,
+}
+
+const COLUMNS: &str =
+    "id, name, state, provider, region, zone, offering, spot, capacity_milli_cpu, capacity_memory, provider_id";
+
+impl Store {
+    pub async fn cluster_id(&self) -> Result<Uuid> {
+        Ok(sqlx::query_scalar("SELECT cluster_id FROM settings").fetch_one(&self.pool).await?)
+    }
+
+    /// Records machines the plan wants bought, and assigns their tasks to them, in the
+    /// placement transaction. Returns the new machine ids.
+    pub(super) async fn record_provisions(
+        tx: &mut Transaction<'static, Postgres>,
+        provisions: &[Provision],
+    ) -> Result<usize> {
+        for provision in provisions {
+            let id = Uuid::new_v4();
+            let name = format!("{}-{}", provision.provider, &id.simple().to_string()[..8]);
+            sqlx::query(
+                "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
+                                       capacity_memory, cgroup_version, state, region, zone, offering, spot, price_micros,
+                                       provisioned, last_heartbeat)
+                 VALUES ($1, $2, $3, '', '', '', $4, $5, 0, 'requested', $6, $7, $8, $9, $10, true, now())",
+            )
+            .bind(id)
+            .bind(&name)
+            .bind(&provision.provider)
+            .bind(to_i64(provision.capacity.milli_cpu, "capacity")?)
+            .bind(to_i64(provision.capacity.memory_bytes, "capacity")?)
+            .bind(&provision.region)
+            .bind(&provision.zone)
+            .bind(&provision.instance_type)
+            .bind(provision.spot)
+            .bind(to_i64(provision.price, "price")?)
+            .execute(&mut **tx)
+            .await?;
+            sqlx::query(
+                "UPDATE tasks SET state = 'assigned', machine_id = $2, assigned_at = now(), message = 'waiting for a new machine to boot'
+                 WHERE id = ANY($1) AND state = 'pending'",
+            )
+            .bind(&provision.tasks)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+            let detail = serde_json::json!({
+                "provider": provision.provider, "region": provision.region, "zone": provision.zone,
+                "instance_type": provision.instance_type, "spot": provision.spot,
+                "price_per_hour": provision.price as f64 / 1e6, "tasks": provision.tasks.len(),
+            });
+            record(tx, "system", "machine.requested", &name, None, detail).await?;
+        }
+        Ok(provisions.len())
+    }
+
+    pub async fn provisioned_in(&self, states: &[&str]) -> Result<Vec<ProvisionedMachine>> {
+        let sql = format!("SELECT {COLUMNS} FROM machines WHERE provisioned AND state = ANY($1) ORDER BY created_at");
+        let states: Vec<String> = states.iter().map(|s| s.to_string()).collect();
+        Ok(sqlx::query_as::<_, ProvisionedMachine>(sqlx::AssertSqlSafe(sql))
+            .bind(&states)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A fresh single-use join token bound to a machine being bought. Earlier tokens for the
+    /// same machine stay valid until they expire (an instance created just before a crash
+    /// carries one of them); once one is used the machine is joined and the rest are useless.
+    pub async fn machine_join_token(&self, machine: Uuid, ttl: Duration) -> Result<String> {
+        let secret = auth::new_secret("cnj")?;
+        sqlx::query("INSERT INTO join_tokens (digest, expires_at, machine_id) VALUES ($1, now() + make_interval(secs => $2), $3)")
+            .bind(auth::digest(&secret))
+            .bind(ttl.as_secs_f64())
+            .bind(machine)
+            .execute(&self.pool)
+            .await?;
+        Ok(secret)
+    }
+
+    /// The provider has the machine: wait for its agent until the boot deadline.
+    pub async fn mark_booting(
+        &self,
+        machine: Uuid,
+        provider_id: &str,
+        zone: &str,
+        boot_timeout: Duration,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let name: Option<String> = sqlx::query_scalar(
+            "UPDATE machines SET state = 'booting', provider_id = $2, zone = CASE WHEN $3 = '' THEN zone ELSE $3 END,
+                    boot_deadline = now() + make_interval(secs => $4)
+             WHERE id = $1 AND state = 'requested' RETURNING name",
+        )
+        .bind(machine)
+        .bind(provider_id)
+        .bind(zone)
+        .bind(boot_timeout.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(name) = name {
+            record(&mut tx, "system", "machine.created", &name, None, serde_json::json!({"provider_id": provider_id}))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The machine failed (did not boot, was interrupted, vanished, or could not be bought):
+    /// its tasks are lost and replaced; it still has to be terminated at the provider.
+    pub async fn mark_failed(&self, machine: Uuid, reason: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let name: Option<String> = sqlx::query_scalar(
+            "UPDATE machines SET state = 'failed', state_reason = $2
+             WHERE id = $1 AND state IN ('requested', 'booting', 'ready', 'draining', 'lost') RETURNING name",
+        )
+        .bind(machine)
+        .bind(reason)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(name) = name {
+            let lost = lose_tasks(&mut tx, machine, reason).await?;
+            record(
+                &mut tx,
+                "system",
+                "machine.failed",
+                &name,
+                None,
+                serde_json::json!({"reason": reason, "tasks_lost": lost}),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Machines still booting past their deadline.
+    pub async fn boot_timed_out(&self) -> Result<Vec<ProvisionedMachine>> {
+        let sql = format!("SELECT {COLUMNS} FROM machines WHERE state = 'booting' AND boot_deadline < now()");
+        Ok(sqlx::query_as::<_, ProvisionedMachine>(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+
+    /// Bought machines that have run no task for `idle` start draining (and are terminated
+    /// once empty). Returns how many started.
+    pub async fn drain_idle(&self, idle: Duration) -> Result<usize> {
+        let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
+        sqlx::query(
+            "UPDATE machines m SET idle_since = CASE
+                 WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.machine_id = m.id AND t.state IN ('assigned', 'running')) THEN NULL
+                 ELSE COALESCE(m.idle_since, now()) END
+             WHERE m.provisioned AND m.state = 'ready'",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let drained: Vec<String> = sqlx::query_scalar(
+            "UPDATE machines SET state = 'draining', state_reason = 'idle'
+             WHERE provisioned AND state = 'ready' AND idle_since < now() - make_interval(secs => $1) RETURNING name",
+        )
+        .bind(idle.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?;
+        for name in &drained {
+            record(&mut tx, "system", "machine.draining", name, None, serde_json::json!({"reason": "idle"})).await?;
+        }
+        tx.commit().await?;
+        Ok(drained.len())
+    }
+
+    /// Draining machines with no task left, and lost bought machines, are to be terminated.
+    pub async fn to_terminate(&self) -> Result<Vec<ProvisionedMachine>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM machines m WHERE provisioned AND (state IN ('terminating', 'failed', 'lost')
+                OR (state = 'draining' AND NOT EXISTS (
+                    SELECT 1 FROM tasks t WHERE t.machine_id = m.id AND t.state IN ('assigned', 'running'))))"
+        );
+        Ok(sqlx::query_as::<_, ProvisionedMachine>(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+
+    pub async fn mark_terminated(&self, machine: Uuid) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let name: Option<String> = sqlx::query_scalar(
+            "UPDATE machines SET state = 'terminated', terminated_at = now() WHERE id = $1 AND state <> 'terminated' RETURNING name",
+        )
+        .bind(machine)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(name) = name {
+            lose_tasks(&mut tx, machine, "machine terminated").await?;
+            record(&mut tx, "system", "machine.terminated", &name, None, serde_json::json!({})).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every machine record this control plane has (not terminated long ago), by id, for
+    /// reconciliation with the provider's tagged machines.
+    pub async fn known_machines(&self) -> Result<Vec<ProvisionedMachine>> {
+        let sql = format!("SELECT {COLUMNS} FROM machines WHERE provisioned");
+        Ok(sqlx::query_as::<_, ProvisionedMachine>(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?)
+    }
+}
+
+/// Marks a machine's active tasks lost (their replacements are created by the app controller).
+async fn lose_tasks(tx: &mut Transaction<'static, Postgres>, machine: Uuid, reason: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "WITH lost AS (UPDATE tasks SET state = 'lost', finished_at = now(), message = $2
+                       WHERE machine_id = $1 AND state IN ('assigned', 'running') RETURNING 1)
+         SELECT COUNT(*) FROM lost",
+    )
+    .bind(machine)
+    .bind(reason)
+    .fetch_one(&mut **tx)
+    .await?)
+}

@@ -1,0 +1,132 @@
+//! The booter: turns emulated instances into machines that really run.
+//!
+//! For each running instance it creates a cgroup slice sized to the instance type (vcpus ->
+//! cpu quota, memory -> memory limit) and runs the instance's user data, the bootstrap the
+//! control service rendered, with `sh` inside it, exactly as cloud-init would; that script
+//! starts `canopy-agent`. Each machine gets its own loopback address. When the instance stops
+//! or terminates, everything in its slice is killed.
+
+use crate::machine::Slice;
+use crate::moto::Moto;
+use anyhow::Result;
+use canopy_agent::cgroup::Cgroups;
+use canopy_core::Resources;
+use canopy_core::schedule::Catalog;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::sync::Mutex;
+
+/// Sizes of the instance types the emulator may launch (from the shipped price catalog).
+const AWS_TYPES: &str = include_str!("../../core/data/prices/aws.csv");
+
+struct Booted {
+    slice: Slice,
+}
+
+pub struct Booter {
+    cgroups: Cgroups,
+    agent_bin: PathBuf,
+    cgroup_root: PathBuf,
+    state_dir: PathBuf,
+    sizes: HashMap<String, Resources>,
+    booted: Mutex<HashMap<String, Booted>>,
+    next_address: std::sync::atomic::AtomicU32,
+}
+
+impl Booter {
+    pub fn new(agent_bin: &Path, cgroup_root: &Path, state_dir: &Path) -> Result<Booter> {
+        let catalog = Catalog::from_csv(AWS_TYPES)?;
+        let sizes = catalog.offerings.into_iter().map(|o| (o.instance_type, o.capacity)).collect();
+        Ok(Booter {
+            cgroups: Cgroups::detect()?,
+            agent_bin: agent_bin.to_path_buf(),
+            cgroup_root: cgroup_root.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            sizes,
+            booted: Mutex::new(HashMap::new()),
+            next_address: std::sync::atomic::AtomicU32::new(1),
+        })
+    }
+
+    /// Brings booted machines in line with the emulator's instances, once.
+    pub async fn sync(&self, moto: &Moto) -> Result<()> {
+        let instances = moto.instances().await?;
+        let mut booted = self.booted.lock().await;
+        for instance in &instances {
+            let running = instance.state == "running";
+            if running && !booted.contains_key(&instance.instance_id) {
+                match self.boot(instance).await {
+                    Ok(machine) => {
+                        tracing::info!(instance = %instance.instance_id, r#type = %instance.instance_type, "booted");
+                        booted.insert(instance.instance_id.clone(), machine);
+                    }
+                    Err(error) => tracing::warn!(instance = %instance.instance_id, %error, "boot failed"),
+                }
+            } else if !running
+                && instance.state != "pending"
+                && let Some(machine) = booted.remove(&instance.instance_id)
+            {
+                tracing::info!(instance = %instance.instance_id, state = %instance.state, "instance gone: killing its machine");
+                let slice = machine.slice;
+                tokio::task::spawn_blocking(move || slice.destroy()).await??;
+            }
+        }
+        Ok(())
+    }
+
+    async fn boot(&self, instance: &crate::moto::EmulatedInstance) -> Result<Booted> {
+        let capacity = self.sizes.get(&instance.instance_type).copied().unwrap_or(Resources::new(1000, 1 << 30));
+        let slice = Slice::create(&self.cgroups, &self.cgroup_root.join(&instance.instance_id), capacity)?;
+        let n = self.next_address.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let address = format!("127.2.{}.{}", n / 250, n % 250 + 1);
+        let state = self.state_dir.join(&instance.instance_id);
+        std::fs::create_dir_all(&state)?;
+        let log = std::fs::File::create(state.join("boot.log"))?;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&instance.user_data)
+            .env("CANOPY_AGENT_BIN", &self.agent_bin)
+            .env("CANOPY_STATE_DIR", &state)
+            .env("CANOPY_ADDRESS", &address)
+            .env("CANOPY_CGROUP_PARENT", slice.workloads())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(log.try_clone()?))
+            .stderr(std::process::Stdio::from(log));
+        slice.spawn_agent(command)?;
+        Ok(Booted { slice })
+    }
+
+    /// Kills every booted machine and removes their common parent cgroup.
+    pub async fn shutdown(&self) {
+        let mut booted = self.booted.lock().await;
+        for (_, machine) in booted.drain() {
+            let _ = machine.slice.destroy();
+        }
+        if let Err(error) = self.cgroups.open(&self.cgroup_root).kill_tree() {
+            tracing::warn!(%error, "cannot remove the booter's cgroups");
+        }
+    }
+}
+
+/// Runs `sync` every `interval` until `stop` flips.
+pub async fn run(
+    booter: Arc<Booter>,
+    moto: Arc<Moto>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(error) = booter.sync(&moto).await {
+            tracing::warn!(%error, "booter sync failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    booter.shutdown().await;
+}

@@ -1,0 +1,104 @@
+//! The provider conformance suite against EC2 as emulated by the local stack (moto with
+//! Canopy's fault routes). Every check runs, and all failures are reported together.
+
+use canopy_provider_aws::{AwsConfig, AwsProvider};
+use canopy_providers::conformance::{self, Faults, Fixture};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The emulator process, killed when the test ends however it ends.
+struct Emulator {
+    child: Child,
+    url: String,
+}
+
+impl Emulator {
+    fn start() -> Emulator {
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let install = Command::new(repo.join("localstack/moto/install.sh"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("install.sh");
+        assert!(install.status.success(), "installing moto failed");
+        let python = String::from_utf8(install.stdout).expect("utf-8").trim().to_string();
+        let mut child = Command::new(python)
+            .arg(repo.join("localstack/moto/canopy_moto.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines.next().expect("moto exited before it was ready").expect("read");
+            if let Some(url) = line.strip_prefix("ready ") {
+                break url.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Emulator { child, url }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct MotoFaults {
+    url: String,
+}
+
+#[async_trait::async_trait]
+impl Faults for MotoFaults {
+    async fn interrupt(&self, provider_id: &str) -> Result<(), String> {
+        let response = reqwest::Client::new()
+            .post(format!("{}/_canopy/faults/interrupt", self.url))
+            .json(&serde_json::json!({"instance_id": provider_id}))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[tokio::test]
+async fn aws_passes_the_provider_conformance_suite() {
+    let emulator = Emulator::start();
+    let provider = AwsProvider::new(AwsConfig {
+        regions: vec!["us-east-1".into()],
+        endpoint: Some(emulator.url.clone()),
+        credentials: Some(("test".into(), "test".into())),
+        image_id: "ami-0123456789abcdef0".into(),
+    })
+    .await;
+    let faults = MotoFaults { url: emulator.url.clone() };
+    let fixture = Fixture {
+        provider: &provider,
+        faults: &faults,
+        region: "us-east-1".into(),
+        zone: "us-east-1b".into(),
+        instance_type: "t3.micro".into(),
+        cluster: format!("conformance-{}", uuid::Uuid::new_v4()),
+    };
+    let mut failures = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {
+            if let Err(error) = conformance::$name(&fixture).await {
+                failures.push(format!("{}: {error}", stringify!($name)));
+            }
+        };
+    }
+    check!(offerings);
+    check!(create_and_describe);
+    check!(idempotent_create);
+    check!(list_ours);
+    check!(terminate);
+    check!(not_found);
+    check!(interruption);
+    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+}
