@@ -181,13 +181,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Machines => {
             let machines: Vec<MachineRow> = client.get("/v1/machines").await?;
             print(json, &machines, || {
-                let mut table =
-                    Table::new(&["NAME", "PROVIDER", "STATE", "ADDRESS", "CPU", "MEMORY", "TASKS", "CGROUP"]);
+                let mut table = Table::new(&[
+                    "NAME", "PROVIDER", "STATE", "OFFERING", "ZONE", "$/HOUR", "ADDRESS", "CPU", "MEMORY", "TASKS",
+                    "CGROUP",
+                ]);
                 for m in &machines {
                     table.row(vec![
                         m.name.clone(),
                         m.provider.clone(),
-                        m.state.clone(),
+                        if m.state_reason.is_empty() {
+                            m.state.clone()
+                        } else {
+                            format!("{} ({})", m.state, m.state_reason)
+                        },
+                        format!("{}{}", m.offering, if m.spot { " spot" } else { "" }),
+                        m.zone.clone(),
+                        format!("{:.4}", m.price_micros as f64 / 1e6),
                         m.address.clone(),
                         format!("{}/{}m", m.allocated_milli_cpu, m.capacity_milli_cpu),
                         format!("{}/{}Mi", m.allocated_memory >> 20, m.capacity_memory >> 20),
