@@ -49,9 +49,11 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport
         tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
     }
     let task_changes = store.reconcile_apps().await?;
-    let empty = Arc::new(Catalog::default());
-    let catalog = config.provisioner.as_ref().map_or(&empty, |p| p.catalog());
-    let placement = store.place_pending(catalog).await?;
+    let catalog = match &config.provisioner {
+        Some(provisioner) => provisioner.available_catalog(store).await?,
+        None => Arc::new(Catalog::default()),
+    };
+    let placement = store.place_pending(&catalog).await?;
     if placement.placed > 0 || task_changes > 0 || placement.machines_requested > 0 {
         tracing::info!(
             task_changes,

@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How long an offering the provider had no capacity for is left out of plans.
+const CAPACITY_MEMORY: Duration = Duration::from_secs(300);
+
 /// Steps between two reconciliations with the providers (with a 250 ms tick: every 2 s).
 const RECONCILE_EVERY: u64 = 8;
 
@@ -65,8 +68,21 @@ impl Provisioner {
         Ok(Provisioner { providers, catalog: Arc::new(catalog), config, cluster, steps: Default::default() })
     }
 
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    /// The catalog without the offerings a provider recently had no capacity for, so the
+    /// next plan tries the next-best offering instead of failing the same way again.
+    pub async fn available_catalog(&self, store: &Store) -> Result<Arc<Catalog>> {
+        let exhausted = store.recently_exhausted(CAPACITY_MEMORY).await?;
+        if exhausted.is_empty() {
+            return Ok(self.catalog.clone());
+        }
+        let offerings = self
+            .catalog
+            .offerings
+            .iter()
+            .filter(|o| !exhausted.iter().any(|(p, r, t)| *p == o.provider && *r == o.region && *t == o.instance_type))
+            .cloned()
+            .collect();
+        Ok(Arc::new(Catalog { offerings }))
     }
 
     /// One pass: create requested machines, time out slow boots, drain idle machines,

@@ -157,6 +157,18 @@ impl Store {
         Ok(())
     }
 
+    /// (provider, region, instance type) that failed for lack of capacity within `window`.
+    pub async fn recently_exhausted(&self, window: Duration) -> Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT DISTINCT provider, region, offering FROM machines
+             WHERE state IN ('failed', 'terminated') AND state_reason LIKE 'insufficient capacity%'
+               AND created_at > now() - make_interval(secs => $1)",
+        )
+        .bind(window.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Machines still booting past their deadline.
     pub async fn boot_timed_out(&self) -> Result<Vec<ProvisionedMachine>> {
         let sql = format!("SELECT {COLUMNS} FROM machines WHERE state = 'booting' AND boot_deadline < now()");

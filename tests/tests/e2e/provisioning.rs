@@ -101,3 +101,21 @@ async fn a_control_service_crash_during_provisioning_leaves_no_orphans_or_duplic
     assert_eq!(running_tasks(&app).len(), 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn no_capacity_for_the_cheapest_offering_buys_the_next_best_one() -> anyhow::Result<()> {
+    let stack = Stack::start_with_cloud(60).await?;
+    // The cheapest amd64 machine in the shipped us-east-1 prices is t3a.nano.
+    stack.moto()?.post("/_canopy/faults/capacity", serde_json::json!({"instance_type": "t3a.nano"})).await?;
+    stack.deploy(&hello_spec("web", 1)).await?;
+    let app = stack.wait_running("web", 1, Duration::from_secs(90)).await?;
+    let machines = stack.admin.get("/v1/machines").await?;
+    let machines = machines.as_array().cloned().unwrap_or_default();
+    let failed = machines.iter().find(|m| m["offering"] == "t3a.nano").expect("a t3a.nano was tried first");
+    assert!(failed["state_reason"].as_str().unwrap_or_default().starts_with("insufficient capacity"), "{failed:#}");
+    let running_on = running_tasks(&app)[0]["machine"].clone();
+    let chosen = machines.iter().find(|m| m["name"] == running_on).expect("machine");
+    assert_ne!(chosen["offering"], "t3a.nano", "{chosen:#}");
+    assert_eq!(chosen["state"], "ready");
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The controllers' single steps against a real Postgres: each test gets its own database.
+
+use canopy_api::store::Store;
+use canopy_core::Resources;
+use canopy_core::spec::AppSpec;
+use canopy_core::wire::{ExitStatus, HeartbeatRequest, JoinRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
+use sqlx::Connection;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A fresh database, dropped when the test ends (also on failure).
+struct TestDb {
+    server: String,
+    name: String,
+}
+
+impl TestDb {
+    async fn create() -> (TestDb, Store) {
+        let server = std::env::var("CANOPY_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("canopy_ctl_{}", uuid::Uuid::new_v4().simple());
+        let mut connection = sqlx::PgConnection::connect(&server).await.expect("postgres");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut connection)
+            .await
+            .expect("create");
+        let url = format!("{}/{name}", server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base));
+        let store = Store::connect(&url).await.expect("connect and migrate");
+        (TestDb { server, name }, store)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut connection = sqlx::PgConnection::connect(&server).await.ok()?;
+                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut connection).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn spec(instances: u32) -> AppSpec {
+    AppSpec::from_toml(&format!(
+        "name = \"web\"\ncommand = \"sleep\"\nargs = [\"60\"]\ninstances = {instances}\n[resources]\ncpu = 300\nmemory = \"64Mi\"\n"
+    ))
+    .expect("spec")
+}
+
+async fn join(store: &Store, name: &str) -> uuid::Uuid {
+    let token = store.create_join_token("test", chrono::Duration::hours(1)).await.expect("join token");
+    let request = JoinRequest {
+        protocol: PROTOCOL_VERSION,
+        join_token: token,
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        agent_endpoint: "127.0.0.1:1".into(),
+        capacity: Resources::new(1000, 1 << 30),
+        cgroup_version: 1,
+        labels: BTreeMap::new(),
+    };
+    store.join(&request).await.expect("join").machine_id
+}
+
+fn no_catalog() -> Arc<canopy_core::schedule::Catalog> {
+    Arc::new(Default::default())
+}
+
+#[tokio::test]
+async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
+    let (_db, store) = TestDb::create().await;
+    let team = store.create_team("test", "alpha").await.expect("team").id;
+    store.apply_app("test", team, &spec(4)).await.expect("apply");
+
+    assert_eq!(store.reconcile_apps().await.expect("reconcile"), 4, "one task per instance");
+    assert_eq!(store.reconcile_apps().await.expect("reconcile"), 0, "a second pass changes nothing");
+
+    // No machine: nothing placed, and the reason is recorded.
+    let outcome = store.place_pending(&no_catalog()).await.expect("place");
+    assert_eq!((outcome.placed, outcome.unplaced), (0, 4));
+    let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
+    assert!(app.tasks.iter().all(|t| t.message.contains("no machine is ready")), "{:?}", app.tasks);
+
+    // One 1-cpu machine fits three 300m tasks, not four.
+    join(&store, "m1").await;
+    let outcome = store.place_pending(&no_catalog()).await.expect("place");
+    assert_eq!((outcome.placed, outcome.unplaced), (3, 1));
+    assert_eq!(store.place_pending(&no_catalog()).await.expect("place").placed, 0, "nothing more fits");
+    let machines = store.machines().await.expect("machines");
+    assert_eq!(machines[0].allocated_milli_cpu, 900);
+}
+
+#[tokio::test]
+async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() {
+    let (_db, store) = TestDb::create().await;
+    let team = store.create_team("test", "alpha").await.expect("team").id;
+    store.apply_app("test", team, &spec(1)).await.expect("apply");
+    store.reconcile_apps().await.expect("reconcile");
+    let machine = join(&store, "m1").await;
+    store.place_pending(&no_catalog()).await.expect("place");
+    let heartbeat = |tasks: Vec<TaskReport>| HeartbeatRequest {
+        protocol: PROTOCOL_VERSION,
+        agent_endpoint: "127.0.0.1:1".into(),
+        tasks,
+    };
+    let desired = store.heartbeat(machine, &heartbeat(vec![]), 1000).await.expect("heartbeat").desired;
+    assert_eq!(desired.len(), 1);
+    let task = desired[0].task_id;
+    let report = TaskReport {
+        task_id: task,
+        state: RunState::Running,
+        pid: Some(42),
+        ports: BTreeMap::new(),
+        healthy: None,
+        restarts: 0,
+        last_exit: None,
+        usage: Usage::default(),
+    };
+    store.heartbeat(machine, &heartbeat(vec![report.clone()]), 1000).await.expect("heartbeat");
+
+    assert!(store.mark_lost_machines(Duration::from_secs(60)).await.expect("liveness").is_empty(), "fresh heartbeat");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.mark_lost_machines(Duration::from_secs(1)).await.expect("liveness"), vec!["m1".to_string()]);
+    assert_eq!(store.reconcile_apps().await.expect("reconcile"), 1, "a replacement for the lost task");
+
+    // The machine comes back and still reports the old task as running: it stays lost, and
+    // the machine is told to run only the replacement (placed on it again, as it is the only one).
+    let desired = store.heartbeat(machine, &heartbeat(vec![report]), 1000).await.expect("heartbeat").desired;
+    assert!(desired.iter().all(|d| d.task_id != task), "the lost task is not desired");
+    let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
+    let old = app.tasks.iter().find(|t| t.id == task).expect("old task");
+    assert_eq!(old.state, "lost");
+
+    // A final report for the replacement is recorded with its exit status.
+    store.place_pending(&no_catalog()).await.expect("place");
+    let desired = store.heartbeat(machine, &heartbeat(vec![]), 1000).await.expect("heartbeat").desired;
+    let replacement = desired.iter().find(|d| d.task_id != task).expect("replacement").task_id;
+    let exit = ExitStatus { code: Some(3), signal: None, oom_killed: false, message: "exited with status 3".into() };
+    let failed = TaskReport {
+        task_id: replacement,
+        state: RunState::Failed,
+        pid: None,
+        ports: BTreeMap::new(),
+        healthy: None,
+        restarts: 2,
+        last_exit: Some(exit),
+        usage: Usage::default(),
+    };
+    store.heartbeat(machine, &heartbeat(vec![failed]), 1000).await.expect("heartbeat");
+    let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
+    let row = app.tasks.iter().find(|t| t.id == replacement).expect("replacement row");
+    assert_eq!((row.state.as_str(), row.exit_code, row.restarts), ("failed", Some(3), 2));
+}
