@@ -44,13 +44,18 @@ pub struct Stack {
 impl Stack {
     /// A control service with `machines` local machines of 1 cpu / 1 GiB each.
     pub async fn start(machines: usize) -> Result<Stack> {
-        let stack = Stack::start_with(None, 0).await?;
+        let stack = Stack::start_with(None, 0, 0).await?;
         Stack::add_machines(stack, machines).await
     }
 
     /// A control service that buys its machines on emulated EC2 (moto), whose instances the
     /// booter turns into real agents. `idle_timeout_s` is how soon empty machines are returned.
     pub async fn start_with_cloud(idle_timeout_s: u64) -> Result<Stack> {
+        Stack::start_with_cloud_timeouts(idle_timeout_s, 30).await
+    }
+
+    /// As `start_with_cloud`, with the boot timeout too.
+    pub async fn start_with_cloud_timeouts(idle_timeout_s: u64, boot_timeout_s: u64) -> Result<Stack> {
         let name = unique("canopy_cloud");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -61,7 +66,7 @@ impl Stack {
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(booter::run(booter.clone(), moto.clone(), Duration::from_millis(200), stop_rx));
         let cloud = Cloud { moto, booter, stop, task: Some(task), dir };
-        Stack::start_with(Some(Box::new(cloud)), idle_timeout_s).await
+        Stack::start_with(Some(Box::new(cloud)), idle_timeout_s, boot_timeout_s).await
     }
 
     async fn add_machines(mut stack: Stack, machines: usize) -> Result<Stack> {
@@ -72,7 +77,7 @@ impl Stack {
         Ok(stack)
     }
 
-    async fn start_with(cloud: Option<Box<Cloud>>, idle_timeout_s: u64) -> Result<Stack> {
+    async fn start_with(cloud: Option<Box<Cloud>>, idle_timeout_s: u64, boot_timeout_s: u64) -> Result<Stack> {
         let name = unique("canopy_test");
         let database = TempDatabase::create(&server_url(), &name).await?;
         let dir = std::env::temp_dir().join(&name);
@@ -87,7 +92,7 @@ impl Stack {
                 ("AWS_ACCESS_KEY_ID".to_string(), "test".to_string()),
                 ("AWS_SECRET_ACCESS_KEY".to_string(), "test".to_string()),
                 ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
-                ("CANOPY_BOOT_TIMEOUT_S".to_string(), "30".to_string()),
+                ("CANOPY_BOOT_TIMEOUT_S".to_string(), boot_timeout_s.to_string()),
                 ("CANOPY_IDLE_TIMEOUT_S".to_string(), idle_timeout_s.to_string()),
             ]);
         }

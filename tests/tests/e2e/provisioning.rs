@@ -119,3 +119,38 @@ async fn no_capacity_for_the_cheapest_offering_buys_the_next_best_one() -> anyho
     assert_eq!(chosen["state"], "ready");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_machine_whose_agent_never_joins_is_terminated_and_replaced() -> anyhow::Result<()> {
+    let stack = Stack::start_with_cloud_timeouts(60, 4).await?;
+    // Instances stay pending, so the booter never starts their agents.
+    stack.moto()?.post("/_canopy/faults/pending", serde_json::json!({"seconds": 3600})).await?;
+    stack.deploy(&hello_spec("web", 1)).await?;
+    stack
+        .wait("the first machine to time out", Duration::from_secs(30), || async {
+            let machines = stack.admin.get("/v1/machines").await?;
+            Ok(machines.as_array().is_some_and(|m| {
+                m.iter().any(|m| {
+                    m["state"] == "terminated"
+                        && m["state_reason"].as_str().unwrap_or_default().contains("did not join")
+                })
+            }))
+        })
+        .await?;
+    let machines = stack.admin.get("/v1/machines").await?;
+    let first = machines
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["state"] == "terminated"))
+        .cloned()
+        .expect("terminated machine");
+    let first_instance = first["provider_id"].as_str().expect("provider id").to_string();
+    let instances = stack.moto()?.instances().await?;
+    let state = instances.iter().find(|i| i.instance_id == first_instance).map(|i| i.state.clone());
+    assert_eq!(state.as_deref(), Some("terminated"), "the stuck instance was terminated at the provider");
+
+    // Boots work again: the replacement joins and the app runs.
+    stack.moto()?.post("/_canopy/faults/clear", serde_json::json!({})).await?;
+    stack.wait_running("web", 1, Duration::from_secs(60)).await?;
+    assert_eq!(live_instances(&stack).await?.len(), 1, "one live machine in the end");
+    Ok(())
+}
