@@ -76,10 +76,6 @@ impl Supervisor {
         Supervisor { ctx, tasks: HashMap::new() }
     }
 
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
-    }
-
     /// Re-adopts tasks left running by a previous agent process: same pid, same start time,
     /// still inside its cgroup. Records of dead processes are dropped; the desired set will
     /// start those tasks again.

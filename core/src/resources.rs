@@ -28,13 +28,6 @@ impl Resources {
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
         }
     }
-
-    pub fn checked_add(&self, other: &Resources) -> Option<Resources> {
-        Some(Resources {
-            milli_cpu: self.milli_cpu.checked_add(other.milli_cpu)?,
-            memory_bytes: self.memory_bytes.checked_add(other.memory_bytes)?,
-        })
-    }
 }
 
 impl std::ops::Add for Resources {

@@ -56,13 +56,6 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskState::Exited | TaskState::Failed | TaskState::Lost | TaskState::Stopped)
     }
-
-    /// Whether a task in this state still occupies its instance slot. Tasks that ended on
-    /// their own under their restart policy keep the slot (they are not silently replaced);
-    /// lost and stopped tasks free it.
-    pub fn holds_slot(self) -> bool {
-        !matches!(self, TaskState::Lost | TaskState::Stopped)
-    }
 }
 
 /// Machine lifecycle. Bought machines start at `Requested` (recorded before any provider

@@ -92,13 +92,6 @@ pub enum ProviderError {
     Other(String),
 }
 
-impl ProviderError {
-    /// Errors worth retrying as they are (the others need a different request).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ProviderError::Throttled { .. } | ProviderError::Other(_))
-    }
-}
-
 pub type Result<T, E = ProviderError> = std::result::Result<T, E>;
 
 #[async_trait::async_trait]

@@ -71,10 +71,6 @@ impl Cgroups {
         })
     }
 
-    pub fn v1(mounts: v1::Mounts) -> Cgroups {
-        Cgroups::V1(mounts)
-    }
-
     pub fn version(&self) -> u8 {
         match self {
             Cgroups::V1(_) => 1,
