@@ -15,9 +15,9 @@ use canopy_core::schedule::Catalog;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::sync::Mutex;
 
 /// Sizes of the instance types the emulator may launch (from the shipped price catalog).
 const AWS_TYPES: &str = include_str!("../../core/data/prices/aws.csv");
@@ -51,33 +51,37 @@ impl Booter {
         })
     }
 
-    /// Brings booted machines in line with the emulator's instances, once.
+    /// Brings booted machines in line with the emulator's instances, once. The lock on the
+    /// booted set is never held across an await, so `shutdown` can run from any context.
     pub async fn sync(&self, moto: &Moto) -> Result<()> {
         let instances = moto.instances().await?;
-        let mut booted = self.booted.lock().await;
         for instance in &instances {
             let running = instance.state == "running";
-            if running && !booted.contains_key(&instance.instance_id) {
-                match self.boot(instance).await {
+            let known = self.booted().contains_key(&instance.instance_id);
+            if running && !known {
+                match self.boot(instance) {
                     Ok(machine) => {
                         tracing::info!(instance = %instance.instance_id, r#type = %instance.instance_type, "booted");
-                        booted.insert(instance.instance_id.clone(), machine);
+                        self.booted().insert(instance.instance_id.clone(), machine);
                     }
                     Err(error) => tracing::warn!(instance = %instance.instance_id, %error, "boot failed"),
                 }
-            } else if !running
-                && instance.state != "pending"
-                && let Some(machine) = booted.remove(&instance.instance_id)
-            {
-                tracing::info!(instance = %instance.instance_id, state = %instance.state, "instance gone: killing its machine");
-                let slice = machine.slice;
-                tokio::task::spawn_blocking(move || slice.destroy()).await??;
+            } else if !running && instance.state != "pending" {
+                let gone = self.booted().remove(&instance.instance_id);
+                if let Some(machine) = gone {
+                    tracing::info!(instance = %instance.instance_id, state = %instance.state, "instance gone: killing its machine");
+                    tokio::task::spawn_blocking(move || machine.slice.destroy()).await??;
+                }
             }
         }
         Ok(())
     }
 
-    async fn boot(&self, instance: &crate::moto::EmulatedInstance) -> Result<Booted> {
+    fn booted(&self) -> std::sync::MutexGuard<'_, HashMap<String, Booted>> {
+        self.booted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn boot(&self, instance: &crate::moto::EmulatedInstance) -> Result<Booted> {
         let capacity = self.sizes.get(&instance.instance_type).copied().unwrap_or(Resources::new(1000, 1 << 30));
         let slice = Slice::create(&self.cgroups, &self.cgroup_root.join(&instance.instance_id), capacity)?;
         let n = self.next_address.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -100,10 +104,11 @@ impl Booter {
         Ok(Booted { slice })
     }
 
-    /// Kills every booted machine and removes their common parent cgroup.
-    pub async fn shutdown(&self) {
-        let mut booted = self.booted.lock().await;
-        for (_, machine) in booted.drain() {
+    /// Kills every booted machine and removes their common parent cgroup. Synchronous, so it
+    /// also works from `Drop`.
+    pub fn shutdown(&self) {
+        let machines: Vec<Booted> = self.booted().drain().map(|(_, machine)| machine).collect();
+        for machine in machines {
             let _ = machine.slice.destroy();
         }
         if let Err(error) = self.cgroups.open(&self.cgroup_root).kill_tree() {
@@ -128,5 +133,5 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    booter.shutdown().await;
+    booter.shutdown();
 }

@@ -83,7 +83,7 @@ impl LocalStack {
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        self.booter.shutdown().await;
+        self.booter.shutdown();
         if let Ok(mut moto) = Arc::try_unwrap(self.moto) {
             moto.stop().await;
         }

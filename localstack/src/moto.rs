@@ -64,7 +64,8 @@ impl Moto {
         .await
         .context("the EC2 emulator did not start in time")??;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Moto { child, url, http: reqwest::Client::new() })
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        Ok(Moto { child, url, http })
     }
 
     pub async fn instances(&self) -> Result<Vec<EmulatedInstance>> {

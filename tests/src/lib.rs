@@ -251,13 +251,7 @@ impl Drop for Cloud {
             task.abort();
         }
         // The booter's machines are killed whether or not its task got to run its shutdown.
-        let booter = self.booter.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(booter.shutdown());
-            Some(())
-        })
-        .join();
+        self.booter.shutdown();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -337,13 +331,18 @@ impl Reply {
     }
 }
 
+/// Every call of a test has a deadline, so a stuck server fails the test instead of hanging it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default()
+}
+
 impl Api {
     pub fn new(url: &str, token: &str) -> Api {
-        Api { http: reqwest::Client::new(), url: url.to_string(), token: Some(token.to_string()) }
+        Api { http: http_client(), url: url.to_string(), token: Some(token.to_string()) }
     }
 
     pub fn anonymous(url: &str) -> Api {
-        Api { http: reqwest::Client::new(), url: url.to_string(), token: None }
+        Api { http: http_client(), url: url.to_string(), token: None }
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
