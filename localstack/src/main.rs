@@ -217,7 +217,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     println!("The CLI is configured ({}) as a developer of team demo. Try:", config_path.display());
     println!("  target/debug/canopy status hello");
     println!("  target/debug/canopy machines --output json");
-    println!("  target/debug/canopy scale hello 4      # Canopy buys what does not fit");
+    println!("  target/debug/canopy scale hello 20     # beyond two machines' memory: Canopy buys more");
     println!("  target/debug/canopy logs hello");
     println!("Emulated EC2: {}   Admin token: {admin_token}   Logs: {}", stack.moto.url, state_dir.display());
     println!("Ctrl-C stops everything the demo started.");
