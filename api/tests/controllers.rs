@@ -157,3 +157,74 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
     let row = app.tasks.iter().find(|t| t.id == replacement).expect("replacement row");
     assert_eq!((row.state.as_str(), row.exit_code, row.restarts), ("failed", Some(3), 2));
 }
+
+/// Heartbeats `machine` reporting every task it should run as running and healthy.
+async fn run_desired(store: &Store, machine: uuid::Uuid) -> Vec<uuid::Uuid> {
+    let request = |tasks| HeartbeatRequest { protocol: PROTOCOL_VERSION, agent_endpoint: "127.0.0.1:1".into(), tasks };
+    let desired = store.heartbeat(machine, &request(vec![]), 1000).await.expect("heartbeat").desired;
+    let reports: Vec<TaskReport> = desired
+        .iter()
+        .map(|d| TaskReport {
+            task_id: d.task_id,
+            state: RunState::Running,
+            pid: Some(1),
+            ports: BTreeMap::new(),
+            healthy: Some(true),
+            restarts: 0,
+            last_exit: None,
+            usage: Usage::default(),
+        })
+        .collect();
+    store.heartbeat(machine, &request(reports), 1000).await.expect("heartbeat");
+    desired.iter().map(|d| d.task_id).collect()
+}
+
+#[tokio::test]
+async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() {
+    let (db, store) = TestDb::create().await;
+    let team = store.create_team("test", "alpha").await.expect("team").id;
+    let (m1, m2) = (join(&store, "m1").await, join(&store, "m2").await);
+    // Make them bought machines with a price, as the provisioning controller would have.
+    let url = format!("{}/{}", db.server.rsplit_once('/').map_or(db.server.as_str(), |(base, _)| base), db.name);
+    let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("UPDATE machines SET provisioned = true, price_micros = 10000, provider = 'aws', region = 'us-east-1', offering = 't3a.nano'")
+        .execute(&mut connection)
+        .await
+        .expect("update");
+
+    store.apply_app("test", team, &spec(2)).await.expect("apply");
+    store.reconcile_apps().await.expect("reconcile");
+    assert_eq!(store.place_pending(&no_catalog()).await.expect("place").placed, 2);
+    run_desired(&store, m1).await;
+    run_desired(&store, m2).await;
+    // Scale down: each machine may now be left with one task or none; either way one can go.
+    store.scale_app("test", canopy_api::auth::Scope::Team(team), "web", 1).await.expect("scale");
+    store.reconcile_apps().await.expect("reconcile");
+    run_desired(&store, m1).await;
+    run_desired(&store, m2).await;
+
+    let snapshot = store.consolidation_snapshot().await.expect("snapshot").expect("no machine is being bought");
+    let plan = canopy_core::schedule::consolidate(&snapshot, &Default::default(), 1);
+    assert_eq!(plan.drains.len(), 1, "{plan:?}");
+    assert_eq!(store.drain_machines(&[plan.drains[0].machine]).await.expect("drain"), 1);
+    let (drained, kept) = if plan.drains[0].machine == m1 { (m1, m2) } else { (m2, m1) };
+
+    // Its task (if any) gets a successor on the kept machine, and stops only once that runs.
+    store.reconcile_apps().await.expect("reconcile");
+    store.place_pending(&no_catalog()).await.expect("place");
+    let on_drained = run_desired(&store, drained).await;
+    run_desired(&store, kept).await;
+    store.reconcile_apps().await.expect("reconcile");
+    let still_desired = run_desired(&store, drained).await;
+    assert!(still_desired.is_empty(), "the drained machine runs nothing once the successor is healthy");
+    let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
+    let running: Vec<_> = app.tasks.iter().filter(|t| t.state == "running").collect();
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert_eq!(running[0].machine.as_deref(), Some(if kept == m1 { "m1" } else { "m2" }));
+    for task in on_drained {
+        let row = app.tasks.iter().find(|t| t.id == task).expect("old task");
+        assert_eq!(row.state, "stopped");
+    }
+    let to_terminate = store.to_terminate().await.expect("to terminate");
+    assert_eq!(to_terminate.iter().map(|m| m.id).collect::<Vec<_>>(), vec![drained]);
+}

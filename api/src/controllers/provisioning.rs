@@ -8,7 +8,7 @@
 //! row. Instances tagged with our cluster that match no live row are terminated.
 
 use crate::store::{ProvisionedMachine, Result, Store};
-use canopy_core::schedule::Catalog;
+use canopy_core::schedule::{Catalog, DisruptionBudget, consolidate};
 use canopy_providers::{CreateMachine, Interruption, Provider, ProviderError, TAG_CLUSTER, TAG_MACHINE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -16,6 +16,10 @@ use std::time::Duration;
 
 /// How long an offering the provider had no capacity for is left out of plans.
 const CAPACITY_MEMORY: Duration = Duration::from_secs(300);
+
+/// Steps between two consolidation passes (with a 250 ms tick: every 5 s).
+const CONSOLIDATE_EVERY: u64 = 20;
+const CONSOLIDATION_SEED: u64 = 0xc0501;
 
 /// Steps between two reconciliations with the providers (with a 250 ms tick: every 2 s).
 const RECONCILE_EVERY: u64 = 8;
@@ -100,10 +104,28 @@ impl Provisioner {
         for machine in store.to_terminate().await? {
             self.terminate(store, &machine).await?;
         }
+        if self.steps.load(std::sync::atomic::Ordering::Relaxed).is_multiple_of(CONSOLIDATE_EVERY) {
+            self.consolidate(store).await?;
+        }
         // Listing every provider's machines is the expensive call: every few steps is enough.
         if self.steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed).is_multiple_of(RECONCILE_EVERY) {
             self.reconcile(store).await?;
         }
+        Ok(())
+    }
+
+    /// Gives back machines whose tasks fit on the others (canopy-core decides; the move itself
+    /// is a successor placed by the scheduler, then the old task stops once it is healthy).
+    async fn consolidate(&self, store: &Store) -> Result<()> {
+        let Some(snapshot) = store.consolidation_snapshot().await? else { return Ok(()) };
+        let plan = consolidate(&snapshot, &DisruptionBudget::default(), CONSOLIDATION_SEED);
+        if plan.drains.is_empty() {
+            return Ok(());
+        }
+        let saving: u64 = plan.drains.iter().map(|d| d.saving).sum();
+        let machines: Vec<_> = plan.drains.iter().map(|d| d.machine).collect();
+        let drained = store.drain_machines(&machines).await?;
+        tracing::info!(drained, saving_per_hour = saving as f64 / 1e6, "consolidating");
         Ok(())
     }
 

@@ -4,7 +4,8 @@
 use super::machines::to_i64;
 use super::{Result, Store, record};
 use crate::auth;
-use canopy_core::schedule::Provision;
+use canopy_core::Resources;
+use canopy_core::schedule::{Constraints, Provision, RunningTask, Snapshot, Spread, TaskAsk};
 use sqlx::{Postgres, Transaction};
 use std::time::Duration;
 use uuid::Uuid;
@@ -167,6 +168,64 @@ impl Store {
         .bind(window.as_secs_f64())
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// What consolidation looks at: ready machines and the tasks on them. `None` while any
+    /// machine is still being bought (consolidating a pool that is growing would fight the
+    /// planner).
+    pub async fn consolidation_snapshot(&self) -> Result<Option<Snapshot>> {
+        let mut tx = self.begin().await?;
+        let growing: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM machines WHERE state IN ('requested', 'booting'))")
+                .fetch_one(&mut *tx)
+                .await?;
+        if growing {
+            return Ok(None);
+        }
+        let machines = Self::ready_machines(&mut tx).await?;
+        let tasks: Vec<(Uuid, Uuid, Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory FROM tasks t JOIN machines m ON m.id = t.machine_id
+             WHERE t.state IN ('assigned', 'running') AND m.state = 'ready'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let running = tasks
+            .into_iter()
+            .map(|(id, app, machine, cpu, memory)| RunningTask {
+                task: TaskAsk {
+                    id,
+                    group: app.to_string(),
+                    resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
+                    constraints: Constraints { arch: Some("amd64".into()), ..Default::default() },
+                    // Consolidation never puts two replicas of one app on one machine.
+                    spread: Spread { max_per_machine: 1, ..Default::default() },
+                    ..Default::default()
+                },
+                machine,
+                do_not_disrupt: false,
+            })
+            .collect();
+        Ok(Some(Snapshot { machines, running, ..Default::default() }))
+    }
+
+    /// Starts draining bought machines a consolidation plan gives back; their tasks get
+    /// successors elsewhere and stop once those are healthy, then the machines are terminated.
+    pub async fn drain_machines(&self, machines: &[Uuid]) -> Result<usize> {
+        let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
+        let drained: Vec<String> = sqlx::query_scalar(
+            "UPDATE machines SET state = 'draining', state_reason = 'consolidation'
+             WHERE provisioned AND state = 'ready' AND id = ANY($1) RETURNING name",
+        )
+        .bind(machines)
+        .fetch_all(&mut *tx)
+        .await?;
+        for name in &drained {
+            record(&mut tx, "system", "machine.draining", name, None, serde_json::json!({"reason": "consolidation"}))
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(drained.len())
     }
 
     /// Machines still booting past their deadline.

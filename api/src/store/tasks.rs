@@ -52,6 +52,8 @@ struct SlotTask {
     state: String,
     desired: String,
     healthy: Option<bool>,
+    /// Its machine is draining (idle or consolidated away): it moves elsewhere.
+    draining: bool,
 }
 
 impl Store {
@@ -150,8 +152,10 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let tasks = sqlx::query_as::<_, SlotTask>(
-            "SELECT id, app_id, version, instance, state, desired, healthy FROM tasks
-             WHERE state NOT IN ('lost', 'stopped') AND app_id = ANY($1)",
+            "SELECT t.id, t.app_id, t.version, t.instance, t.state, t.desired, t.healthy,
+                    COALESCE(m.state = 'draining', false) AS draining
+             FROM tasks t LEFT JOIN machines m ON m.id = t.machine_id
+             WHERE t.state NOT IN ('lost', 'stopped') AND t.app_id = ANY($1)",
         )
         .bind(apps.iter().map(|a| a.id).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
@@ -168,6 +172,7 @@ impl Store {
                 let state = TaskState::parse(&task.state).unwrap_or(TaskState::Failed);
                 if task.version == version
                     && task.desired == "run"
+                    && !task.draining
                     && state == TaskState::Running
                     && task.healthy != Some(false)
                 {
@@ -175,7 +180,10 @@ impl Store {
                 }
             }
             for instance in 0..wanted {
-                let filled = mine.iter().any(|t| t.version == version && t.instance == instance && t.desired == "run");
+                // A task on a draining machine does not fill its slot: it gets a successor.
+                let filled = mine
+                    .iter()
+                    .any(|t| t.version == version && t.instance == instance && t.desired == "run" && !t.draining);
                 if !filled {
                     sqlx::query(
                         "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
@@ -197,9 +205,10 @@ impl Store {
                     continue;
                 }
                 let surplus = task.instance >= wanted;
-                // Replace an old version instance only once its successor runs and is healthy,
-                // so an app never loses all of its instances to an update.
-                let superseded = task.version != version && current_ready.contains(&task.instance);
+                // Replace an old version's instance, or one on a draining machine, only once its
+                // successor runs and is healthy, so an app never loses all of its instances to
+                // an update or a consolidation.
+                let superseded = (task.version != version || task.draining) && current_ready.contains(&task.instance);
                 let stale_pending = task.version != version && task.state == "pending";
                 if surplus || superseded || stale_pending {
                     to_stop.push(task.id);
