@@ -47,8 +47,12 @@ impl Drop for TestDb {
 }
 
 fn spec(instances: u32) -> AppSpec {
+    named_spec("web", instances)
+}
+
+fn named_spec(name: &str, instances: u32) -> AppSpec {
     AppSpec::from_toml(&format!(
-        "name = \"web\"\ncommand = \"sleep\"\nargs = [\"60\"]\ninstances = {instances}\n[resources]\ncpu = 300\nmemory = \"64Mi\"\n"
+        "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\ninstances = {instances}\n[resources]\ncpu = 300\nmemory = \"64Mi\"\n"
     ))
     .expect("spec")
 }
@@ -197,8 +201,21 @@ async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() 
     assert_eq!(store.place_pending(&no_catalog()).await.expect("place").placed, 2);
     run_desired(&store, m1).await;
     run_desired(&store, m2).await;
-    // Scale down: each machine may now be left with one task or none; either way one can go.
-    store.scale_app("test", canopy_api::auth::Scope::Team(team), "web", 1).await.expect("scale");
+    // Arrange: app `other` runs next to web's instance 1, so that once web scales down to one
+    // instance each machine holds one task and consolidation has a task to move.
+    let scope = canopy_api::auth::Scope::Team(team);
+    let web = store.app(scope, "web").await.expect("app");
+    let beside = web.tasks.iter().find(|t| t.instance == 1).and_then(|t| t.machine.clone()).expect("instance 1");
+    store.apply_app("test", team, &named_spec("other", 1)).await.expect("apply");
+    store.reconcile_apps().await.expect("reconcile");
+    sqlx::query("UPDATE tasks SET state = 'assigned', machine_id = (SELECT id FROM machines WHERE name = $1) WHERE state = 'pending'")
+        .bind(&beside)
+        .execute(&mut connection)
+        .await
+        .expect("assign");
+    run_desired(&store, m1).await;
+    run_desired(&store, m2).await;
+    store.scale_app("test", scope, "web", 1).await.expect("scale");
     store.reconcile_apps().await.expect("reconcile");
     run_desired(&store, m1).await;
     run_desired(&store, m2).await;
@@ -209,7 +226,7 @@ async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() 
     assert_eq!(store.drain_machines(&[plan.drains[0].machine]).await.expect("drain"), 1);
     let (drained, kept) = if plan.drains[0].machine == m1 { (m1, m2) } else { (m2, m1) };
 
-    // Its task (if any) gets a successor on the kept machine, and stops only once that runs.
+    // Its task gets a successor on the kept machine, and stops only once that runs.
     store.reconcile_apps().await.expect("reconcile");
     store.place_pending(&no_catalog()).await.expect("place");
     let on_drained = run_desired(&store, drained).await;
@@ -217,14 +234,20 @@ async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() 
     store.reconcile_apps().await.expect("reconcile");
     let still_desired = run_desired(&store, drained).await;
     assert!(still_desired.is_empty(), "the drained machine runs nothing once the successor is healthy");
-    let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
-    let running: Vec<_> = app.tasks.iter().filter(|t| t.state == "running").collect();
-    assert_eq!(running.len(), 1, "{running:?}");
-    assert_eq!(running[0].machine.as_deref(), Some(if kept == m1 { "m1" } else { "m2" }));
-    for task in on_drained {
-        let row = app.tasks.iter().find(|t| t.id == task).expect("old task");
-        assert_eq!(row.state, "stopped");
+    assert_eq!(on_drained.len(), 1, "the drained machine had one task to move");
+    let kept_name = if kept == m1 { "m1" } else { "m2" };
+    let mut running = 0;
+    for name in ["web", "other"] {
+        let app = store.app(scope, name).await.expect("app");
+        for task in app.tasks.iter().filter(|t| t.state == "running") {
+            assert_eq!(task.machine.as_deref(), Some(kept_name), "{name}: {task:?}");
+            running += 1;
+        }
+        if let Some(old) = app.tasks.iter().find(|t| on_drained.contains(&t.id)) {
+            assert_eq!(old.state, "stopped", "the moved task stopped once its successor ran");
+        }
     }
+    assert_eq!(running, 2, "both apps still run, now on one machine");
     let to_terminate = store.to_terminate().await.expect("to terminate");
     assert_eq!(to_terminate.iter().map(|m| m.id).collect::<Vec<_>>(), vec![drained]);
 }

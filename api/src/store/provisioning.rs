@@ -211,11 +211,14 @@ impl Store {
 
     /// Starts draining bought machines a consolidation plan gives back; their tasks get
     /// successors elsewhere and stop once those are healthy, then the machines are terminated.
+    /// Empty machines are left to the idle timeout, which is there to avoid churn.
     pub async fn drain_machines(&self, machines: &[Uuid]) -> Result<usize> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
         let drained: Vec<String> = sqlx::query_scalar(
-            "UPDATE machines SET state = 'draining', state_reason = 'consolidation'
-             WHERE provisioned AND state = 'ready' AND id = ANY($1) RETURNING name",
+            "UPDATE machines m SET state = 'draining', state_reason = 'consolidation'
+             WHERE provisioned AND state = 'ready' AND id = ANY($1)
+               AND EXISTS (SELECT 1 FROM tasks t WHERE t.machine_id = m.id AND t.state IN ('assigned', 'running'))
+             RETURNING name",
         )
         .bind(machines)
         .fetch_all(&mut *tx)
