@@ -65,52 +65,43 @@ impl Store {
             .bind(&join_digest)
             .fetch_one(&mut *tx)
             .await?;
-        let (machine_id, provider) = match linked {
-            Some(machine_id) => {
-                let provider: Option<String> = sqlx::query_scalar(
-                    "UPDATE machines SET address = $2, agent_endpoint = $3, control_key = $4, capacity_milli_cpu = $5,
-                            capacity_memory = $6, cgroup_version = $7, labels = $8, state = 'ready', last_heartbeat = now(),
-                            boot_deadline = NULL, idle_since = now()
-                     WHERE id = $1 AND state IN ('requested', 'booting') RETURNING provider",
-                )
-                .bind(machine_id)
-                .bind(&request.address)
-                .bind(&request.agent_endpoint)
-                .bind(&control_key)
-                .bind(cpu)
-                .bind(memory)
-                .bind(i16::from(request.cgroup_version))
-                .bind(&labels)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let provider = provider.ok_or_else(|| {
-                    StoreError::Unauthorized(format!("machine {machine_id} is no longer waiting for its agent"))
-                })?;
-                (machine_id, provider)
-            }
+        let machine_id = match linked {
+            Some(machine_id) => machine_id,
             None => {
+                // A hand-added machine: its row starts as if it had been waiting for its agent,
+                // and the one update below fills it in for both kinds.
                 let machine_id = Uuid::new_v4();
                 let provider = request.labels.get("provider").cloned().unwrap_or_else(|| "baremetal".to_string());
                 sqlx::query(
                     "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
-                                           capacity_memory, cgroup_version, labels, state)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'ready')",
+                                           capacity_memory, cgroup_version, state)
+                     VALUES ($1, $2, $3, '', '', '', 0, 0, 0, 'booting')",
                 )
                 .bind(machine_id)
                 .bind(&request.name)
                 .bind(&provider)
-                .bind(&request.address)
-                .bind(&request.agent_endpoint)
-                .bind(&control_key)
-                .bind(cpu)
-                .bind(memory)
-                .bind(i16::from(request.cgroup_version))
-                .bind(&labels)
                 .execute(&mut *tx)
                 .await?;
-                (machine_id, provider)
+                machine_id
             }
         };
+        let provider: String = sqlx::query_scalar(
+            "UPDATE machines SET address = $2, agent_endpoint = $3, control_key = $4, capacity_milli_cpu = $5,
+                    capacity_memory = $6, cgroup_version = $7, labels = $8, state = 'ready', last_heartbeat = now(),
+                    boot_deadline = NULL, idle_since = now()
+             WHERE id = $1 AND state IN ('requested', 'booting') RETURNING provider",
+        )
+        .bind(machine_id)
+        .bind(&request.address)
+        .bind(&request.agent_endpoint)
+        .bind(&control_key)
+        .bind(cpu)
+        .bind(memory)
+        .bind(i16::from(request.cgroup_version))
+        .bind(&labels)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Unauthorized(format!("machine {machine_id} is no longer waiting for its agent")))?;
         sqlx::query("UPDATE join_tokens SET machine_id = $1 WHERE digest = $2")
             .bind(machine_id)
             .bind(&join_digest)
