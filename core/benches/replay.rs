@@ -15,8 +15,8 @@ mod common;
 
 use canopy_core::Resources;
 use canopy_core::schedule::{
-    Catalog, DisruptionBudget, MachineView, Policy, RunningTask, Snapshot, TaskAsk, WorkloadKind, consolidate,
-    gib_micros_to_bytes, parse_micros, schedule,
+    Catalog, DisruptionBudget, MachineView, Policy, Provision, RunningTask, Snapshot, TaskAsk, WorkloadKind,
+    consolidate, gib_micros_to_bytes, parse_micros, schedule,
 };
 use common::{LpCommodity, LpOption, data_path, full_catalog, lp_bound};
 use std::cmp::Reverse;
@@ -91,6 +91,21 @@ impl Machine {
 thread_local! {
     /// Per instance type: cost, allocated cpu-seconds, capacity cpu-seconds, machines.
     static BREAKDOWN: std::cell::RefCell<std::collections::BTreeMap<String, (f64, f64, f64, u64)>> = Default::default();
+}
+
+/// The machine a provision stands for, as the next snapshot sees it.
+fn bought_machine(p: &Provision) -> MachineView {
+    MachineView {
+        id: p.id,
+        capacity: p.capacity,
+        provider: p.provider.clone(),
+        region: p.region.clone(),
+        zone: p.zone.clone(),
+        offering: p.instance_type.clone(),
+        price: p.price,
+        spot: p.spot,
+        ..MachineView::default()
+    }
 }
 
 fn mix(mut x: u64) -> u64 {
@@ -191,17 +206,7 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
             }
             for p in &plan.provisions {
                 bought += 1;
-                let view = MachineView {
-                    id: p.id,
-                    capacity: p.capacity,
-                    provider: p.provider.clone(),
-                    region: p.region.clone(),
-                    zone: p.zone.clone(),
-                    offering: p.instance_type.clone(),
-                    price: p.price,
-                    spot: p.spot,
-                    ..MachineView::default()
-                };
+                let view = bought_machine(p);
                 let mut m = Machine { view, start: now, tasks: 0, used: 0.0, touched: now };
                 for id in &p.tasks {
                     let task = index_of[id];
@@ -234,15 +239,7 @@ fn simulate(vms: &[Vm], catalog: &Arc<Catalog>, policy: &Policy, consolidation: 
             let plan = consolidate(&snapshot, &budget, mix(now));
             for p in &plan.provisions {
                 bought += 1;
-                let view = MachineView {
-                    id: p.id,
-                    capacity: p.capacity,
-                    provider: p.provider.clone(),
-                    region: p.region.clone(),
-                    offering: p.instance_type.clone(),
-                    price: p.price,
-                    ..MachineView::default()
-                };
+                let view = bought_machine(p);
                 machines.insert(p.id, Machine { view, start: now, tasks: 0, used: 0.0, touched: now });
             }
             for mv in &plan.moves {

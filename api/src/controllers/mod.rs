@@ -29,21 +29,11 @@ impl Default for ControllerConfig {
     }
 }
 
-/// What one pass of every controller did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct StepReport {
-    pub machines_lost: Vec<String>,
-    pub task_changes: usize,
-    pub placed: usize,
-    pub unplaced: usize,
-    pub machines_requested: usize,
-}
-
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
 /// apps (creates and retires tasks), placement (assigns pending tasks, asks for machines),
 /// provisioning (buys, waits for, and returns machines).
 #[tracing::instrument(skip_all)]
-pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport> {
+pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;
     for machine in &machines_lost {
         tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
@@ -66,13 +56,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<StepReport
     if let Some(provisioner) = &config.provisioner {
         provisioner.step(store).await?;
     }
-    Ok(StepReport {
-        machines_lost,
-        task_changes,
-        placed: placement.placed,
-        unplaced: placement.unplaced,
-        machines_requested: placement.machines_requested,
-    })
+    Ok(())
 }
 
 /// Runs `step` every tick until `shutdown` flips. Errors are logged and retried next tick.

@@ -68,17 +68,7 @@ async fn deploy(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<AppDetail>), ApiError> {
     caller.require(WRITERS, "deploy apps")?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("spec is larger than {} bytes", super::MAX_BODY_BYTES),
-            )
-        } else {
-            ApiError::bad_request(e.body_text())
-        }
-    })?;
+    let body = body.map_err(super::body_rejection)?;
     let spec = AppSpec::from_json(&body)?;
     if spec.name != name {
         return Err(ApiError::invalid(format!("name: {:?} does not match the URL's app name {name:?}", spec.name)));

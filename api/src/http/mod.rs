@@ -110,11 +110,20 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "Content-Type must be application/json",
         ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+        JsonRejection::BytesRejection(e) => body_rejection(e),
+        other => ApiError::bad_request(other.body_text()),
+    }
+}
+
+/// A body that could not be read: too large (413) or otherwise unreadable (400).
+fn body_rejection(rejection: axum::extract::rejection::BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-        ),
-        other => ApiError::bad_request(other.body_text()),
+        )
+    } else {
+        ApiError::bad_request(rejection.body_text())
     }
 }
