@@ -57,6 +57,9 @@ class Faults:
         self.pending: dict[str, tuple[Any, float]] = {}
         # [{"instance_type", "availability_zone" | None, "remaining" | None (unlimited)}]
         self.capacity: list[dict[str, Any]] = []
+        # RunInstances calls still to refuse with VcpuLimitExceeded; None = quota not
+        # exhausted, -1 = refuse until cleared.
+        self.quota_remaining: int | None = None
 
     def clear(self) -> None:
         """Remove all faults. Instances currently held in `pending` become running
@@ -64,6 +67,7 @@ class Faults:
         with self.lock:
             self.pending_seconds = 0.0
             self.capacity = []
+            self.quota_remaining = None
             self.promote_due(force=True)
 
     def forget_instances(self) -> None:
@@ -106,10 +110,22 @@ class Faults:
                 return True
         return False
 
+    def take_quota_error(self) -> bool:
+        """True (and one use consumed) if the vCPU quota fault is on."""
+        with self.lock:
+            if self.quota_remaining is None:
+                return False
+            if self.quota_remaining > 0:
+                self.quota_remaining -= 1
+                if self.quota_remaining == 0:
+                    self.quota_remaining = None
+            return True
+
     def describe(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "pending_seconds": self.pending_seconds,
+                "quota_remaining": self.quota_remaining,
                 "capacity": [dict(f) for f in self.capacity],
                 "instances_pending": sorted(self.pending),
             }
@@ -164,6 +180,21 @@ def install_patches() -> None:
     def run_instances_response(self: Any) -> Any:
         if not self._get_param("DryRun", False):
             itype, zone, explicit = _requested_type_and_zone(self)
+            if FAULTS.take_quota_error():
+                log.info("RunInstances %s: VcpuLimitExceeded", itype)
+                err = EC2ClientError(
+                    "VcpuLimitExceeded",
+                    "You have requested more vCPU capacity than your current vCPU limit of 0 allows "
+                    "for the instance bucket that the specified instance type belongs to. Please visit "
+                    "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit.",
+                )
+                _status, headers, body = self.serialized(ActionResult(err))
+                body = body.replace(
+                    "<RequestID>request-id</RequestID>", f"<RequestID>{uuid.uuid4()}</RequestID>"
+                )
+                headers = dict(headers)
+                headers["status"] = 400
+                return body, headers
             if FAULTS.take_capacity_error(itype, zone):
                 log.info("RunInstances %s in %s: InsufficientInstanceCapacity", itype, zone)
                 err = EC2ClientError(
@@ -402,6 +433,7 @@ class CanopyApp:
             ),
             ("POST", "/_canopy/faults/pending"): lambda: self.pending(req),
             ("POST", "/_canopy/faults/capacity"): lambda: self.capacity(req),
+            ("POST", "/_canopy/faults/quota"): lambda: self.quota(req),
             ("POST", "/_canopy/faults/clear"): self.clear,
             ("POST", "/_canopy/reset"): self.reset,
         }
@@ -442,6 +474,16 @@ class CanopyApp:
             FAULTS.capacity.append(fault)
         log.info("fault: capacity %s", fault)
         return 200, {"ok": True, **fault}
+
+    def quota(self, req: Any) -> tuple[int, Any]:
+        body = _json_body(req)
+        count = body.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise BadRequest('"count" must be an integer >= 1 (omit it for until cleared)')
+        with FAULTS.lock:
+            FAULTS.quota_remaining = -1 if count is None else count
+        log.info("fault: vCPU quota exhausted (%s)", "until cleared" if count is None else f"{count} calls")
+        return 200, {"ok": True, "count": count}
 
     def clear(self) -> tuple[int, Any]:
         FAULTS.clear()

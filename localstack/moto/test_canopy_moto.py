@@ -282,6 +282,23 @@ class CanopyMotoTest(unittest.TestCase):
         self.control("POST", "/_canopy/faults/capacity", {}, expect=400)
         self.control("POST", "/_canopy/faults/capacity", {"instance_type": "x", "count": 0}, expect=400)
 
+    def test_quota(self) -> None:
+        ec2 = self.ec2()
+        self.control("POST", "/_canopy/faults/quota", {"count": 1})
+        with self.assertRaises(ClientError) as cm:
+            self.run_one(ec2, InstanceType="t3.micro")
+        self.assertEqual(cm.exception.response["Error"]["Code"], "VcpuLimitExceeded")
+        self.assertEqual(cm.exception.response["ResponseMetadata"]["HTTPStatusCode"], 400)
+        self.run_one(ec2, InstanceType="t3.micro")  # the one refusal is used up
+        self.control("POST", "/_canopy/faults/quota")
+        for _ in range(2):
+            with self.assertRaises(ClientError):
+                self.run_one(ec2, InstanceType="m5.large")
+        self.assertEqual(self.control("GET", "/_canopy/faults")["quota_remaining"], -1)
+        self.control("POST", "/_canopy/faults/clear")
+        self.run_one(ec2, InstanceType="m5.large")
+        self.control("POST", "/_canopy/faults/quota", {"count": 0}, expect=400)
+
     def test_clear_and_reset(self) -> None:
         ec2 = self.ec2()
         self.control("POST", "/_canopy/faults/pending", {"seconds": 60})
@@ -294,7 +311,7 @@ class CanopyMotoTest(unittest.TestCase):
         self.assertEqual(self.describe(ec2, self.run_one(ec2, InstanceType="t3.small")["InstanceId"])["State"]["Name"], "running")
         self.assertEqual(
             self.control("GET", "/_canopy/faults"),
-            {"pending_seconds": 0.0, "capacity": [], "instances_pending": []},
+            {"pending_seconds": 0.0, "quota_remaining": None, "capacity": [], "instances_pending": []},
         )
 
         self.control("POST", "/_canopy/faults/capacity", {"instance_type": "t3.small"})

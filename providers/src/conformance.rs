@@ -7,11 +7,22 @@ use crate::{CreateMachine, Interruption, MachineStatus, Provider, ProviderError,
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Faults the emulator can inject (the real cloud does them by itself).
+/// Faults the emulator can inject (the real cloud does them by itself). Each provider's
+/// emulator has a control endpoint for them; `clear` undoes all but the machines' fates.
 #[async_trait::async_trait]
 pub trait Faults: Send + Sync {
-    /// Reclaims a spot machine, as the provider would.
+    /// Reclaims a spot machine, as the provider would (providers without spot: unused).
     async fn interrupt(&self, provider_id: &str) -> Result<(), String>;
+    /// Breaks a machine (host failure, ERROR state, BMC reports it off).
+    async fn fail(&self, provider_id: &str) -> Result<(), String>;
+    /// Every create from now on is refused for quota.
+    async fn exhaust_quota(&self) -> Result<(), String>;
+    /// Every create of `instance_type` from now on is refused for capacity.
+    async fn exhaust_capacity(&self, instance_type: &str) -> Result<(), String>;
+    /// Machines created from now on stay pending (building, powering on) this long.
+    async fn slow_boot(&self, seconds: f64) -> Result<(), String>;
+    /// Removes every fault set above.
+    async fn clear(&self) -> Result<(), String>;
 }
 
 /// What the suite runs against.
@@ -23,6 +34,8 @@ pub struct Fixture<'a> {
     pub instance_type: String,
     /// Unique per test, so parallel tests never see each other's machines.
     pub cluster: String,
+    /// Whether the provider sells interruptible (spot) machines.
+    pub spot: bool,
 }
 
 type Check = Result<(), String>;
@@ -127,6 +140,98 @@ pub async fn not_found(f: &Fixture<'_>) -> Check {
         Err(ProviderError::NotFound(_)) => Ok(()),
         other => Err(format!("describe of an unknown machine gave {other:?}")),
     }
+}
+
+/// Every check, in order; the failures, each named (empty when the provider conforms).
+/// The faults are cleared after the fault checks, whatever their outcome.
+pub async fn run_all(f: &Fixture<'_>) -> Vec<String> {
+    let mut failures = Vec::new();
+    macro_rules! check {
+        ($name:ident) => {
+            if let Err(error) = $name(f).await {
+                failures.push(format!("{}: {error}", stringify!($name)));
+            }
+        };
+    }
+    check!(offerings);
+    check!(create_and_describe);
+    check!(idempotent_create);
+    check!(list_ours);
+    check!(terminate);
+    check!(not_found);
+    if f.spot {
+        check!(interruption);
+    }
+    check!(failure);
+    check!(quota);
+    check!(capacity);
+    check!(slow_boot);
+    if let Err(error) = f.faults.clear().await {
+        failures.push(format!("clearing faults: {error}"));
+    }
+    failures
+}
+
+/// A machine that breaks is reported gone, with the failure.
+pub async fn failure(f: &Fixture<'_>) -> Check {
+    let machine = f.provider.create(&f.request("failing", false)).await.map_err(|e| format!("create: {e}"))?;
+    f.faults.fail(&machine.provider_id).await?;
+    for _ in 0..50 {
+        let described =
+            f.provider.describe(&f.region, &machine.provider_id).await.map_err(|e| format!("describe: {e}"))?;
+        if let Some(Interruption::Failed(_)) = described.interruption {
+            ensure(described.status.is_gone(), || format!("failed but {:?}", described.status))?;
+            return f.provider.terminate(&f.region, &machine.provider_id).await.map_err(|e| format!("terminate: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the failure never showed".into())
+}
+
+/// A create beyond the quota is `QuotaExceeded` and leaves no machine behind.
+pub async fn quota(f: &Fixture<'_>) -> Check {
+    f.faults.exhaust_quota().await?;
+    let result = f.provider.create(&f.request("over-quota", false)).await;
+    f.faults.clear().await?;
+    match result {
+        Err(ProviderError::QuotaExceeded(_)) => {}
+        other => return Err(format!("create over quota gave {other:?}")),
+    }
+    let ours = f.provider.list_ours(&f.cluster).await.map_err(|e| format!("list: {e}"))?;
+    let left = ours.iter().filter(|m| m.idempotency_key() == Some("over-quota") && !m.status.is_gone()).count();
+    ensure(left == 0, || format!("{left} machines left by a refused create"))
+}
+
+/// A create the provider has no capacity for is `InsufficientCapacity` naming the type.
+pub async fn capacity(f: &Fixture<'_>) -> Check {
+    f.faults.exhaust_capacity(&f.instance_type).await?;
+    let result = f.provider.create(&f.request("no-capacity", false)).await;
+    f.faults.clear().await?;
+    match result {
+        Err(ProviderError::InsufficientCapacity { instance_type, .. }) => {
+            ensure(instance_type == f.instance_type, || format!("capacity error names {instance_type:?}"))
+        }
+        other => Err(format!("create without capacity gave {other:?}")),
+    }
+}
+
+/// A slow boot shows as `Pending`, then `Running`.
+pub async fn slow_boot(f: &Fixture<'_>) -> Check {
+    f.faults.slow_boot(1.5).await?;
+    let created = f.provider.create(&f.request("slow", false)).await;
+    f.faults.slow_boot(0.0).await?;
+    let machine = created.map_err(|e| format!("create: {e}"))?;
+    let first = f.provider.describe(&f.region, &machine.provider_id).await.map_err(|e| format!("describe: {e}"))?;
+    ensure(first.status == MachineStatus::Pending, || format!("a slow boot is {:?} at once", first.status))?;
+    for _ in 0..100 {
+        let described =
+            f.provider.describe(&f.region, &machine.provider_id).await.map_err(|e| format!("describe: {e}"))?;
+        if described.status == MachineStatus::Running {
+            return f.provider.terminate(&f.region, &machine.provider_id).await.map_err(|e| format!("terminate: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err("the slow machine never ran".into())
 }
 
 /// A reclaimed spot machine reports the interruption.

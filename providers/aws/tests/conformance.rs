@@ -53,16 +53,42 @@ struct MotoFaults {
     url: String,
 }
 
-#[async_trait::async_trait]
-impl Faults for MotoFaults {
-    async fn interrupt(&self, provider_id: &str) -> Result<(), String> {
+impl MotoFaults {
+    async fn post(&self, route: &str, body: serde_json::Value) -> Result<(), String> {
         let response = reqwest::Client::new()
-            .post(format!("{}/_canopy/faults/interrupt", self.url))
-            .json(&serde_json::json!({"instance_id": provider_id}))
+            .post(format!("{}/_canopy/{route}", self.url))
+            .json(&body)
             .send()
             .await
             .map_err(|e| e.to_string())?;
         response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Faults for MotoFaults {
+    async fn interrupt(&self, provider_id: &str) -> Result<(), String> {
+        self.post("faults/interrupt", serde_json::json!({"instance_id": provider_id})).await
+    }
+
+    async fn fail(&self, provider_id: &str) -> Result<(), String> {
+        self.post("faults/fail", serde_json::json!({"instance_id": provider_id})).await
+    }
+
+    async fn exhaust_quota(&self) -> Result<(), String> {
+        self.post("faults/quota", serde_json::json!({})).await
+    }
+
+    async fn exhaust_capacity(&self, instance_type: &str) -> Result<(), String> {
+        self.post("faults/capacity", serde_json::json!({"instance_type": instance_type})).await
+    }
+
+    async fn slow_boot(&self, seconds: f64) -> Result<(), String> {
+        self.post("faults/pending", serde_json::json!({"seconds": seconds})).await
+    }
+
+    async fn clear(&self) -> Result<(), String> {
+        self.post("faults/clear", serde_json::json!({})).await
     }
 }
 
@@ -84,21 +110,8 @@ async fn aws_passes_the_provider_conformance_suite() {
         zone: "us-east-1b".into(),
         instance_type: "t3.micro".into(),
         cluster: format!("conformance-{}", uuid::Uuid::new_v4()),
+        spot: true,
     };
-    let mut failures = Vec::new();
-    macro_rules! check {
-        ($name:ident) => {
-            if let Err(error) = conformance::$name(&fixture).await {
-                failures.push(format!("{}: {error}", stringify!($name)));
-            }
-        };
-    }
-    check!(offerings);
-    check!(create_and_describe);
-    check!(idempotent_create);
-    check!(list_ours);
-    check!(terminate);
-    check!(not_found);
-    check!(interruption);
+    let failures = conformance::run_all(&fixture).await;
     assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
 }
