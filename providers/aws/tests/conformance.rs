@@ -111,6 +111,7 @@ async fn aws_passes_the_provider_conformance_suite() {
         instance_type: "t3.micro".into(),
         cluster: format!("conformance-{}", uuid::Uuid::new_v4()),
         spot: true,
+        quota: true,
     };
     let failures = conformance::run_all(&fixture).await;
     assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));

@@ -1,0 +1,1 @@
+//! Canopy's Azure provider (work in progress).

@@ -1,0 +1,1 @@
+//! Canopy's bare-metal provider (work in progress).

@@ -1,0 +1,1 @@
+//! Canopy's OpenStack provider (work in progress).
