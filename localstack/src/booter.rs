@@ -1,13 +1,15 @@
-//! The booter: turns emulated instances into machines that really run.
+//! The booter: turns emulated machines into machines that really run.
 //!
-//! For each running instance it creates a cgroup slice sized to the instance type (vcpus ->
-//! cpu quota, memory -> memory limit) and runs the instance's user data, the bootstrap the
-//! control service rendered, with `sh` inside it, exactly as cloud-init would; that script
-//! starts `canopy-agent`. Each machine gets its own loopback address. When the instance stops
-//! or terminates, everything in its slice is killed.
+//! For each running instance of any emulated cloud (an EC2 instance, a Nova server, an Azure
+//! VM, a bare-metal host powered on through Redfish) it creates a cgroup slice sized to the
+//! machine (vcpus -> cpu quota, memory -> memory limit) and runs the machine's bootstrap (the
+//! user data, custom data or boot override the control service rendered) with `sh` inside it,
+//! exactly as cloud-init or the host's firmware would; that script starts `canopy-agent`. Each
+//! machine gets its own loopback address. When the machine stops, terminates or is evicted,
+//! everything in its slice is killed.
 
+use crate::emulator::{EmulatedInstance, Emulator};
 use crate::machine::Slice;
-use crate::moto::Moto;
 use anyhow::Result;
 use canopy_agent::cgroup::Cgroups;
 use canopy_core::Resources;
@@ -19,7 +21,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio::process::Command;
 
-/// Sizes of the instance types the emulator may launch (from the shipped price catalog).
+/// Sizes of the EC2 instance types (moto does not report them; the price catalog does).
 const AWS_TYPES: &str = include_str!("../../core/data/prices/aws.csv");
 
 struct Booted {
@@ -51,25 +53,30 @@ impl Booter {
         })
     }
 
-    /// Brings booted machines in line with the emulator's instances, once. The lock on the
+    /// Brings booted machines in line with one emulator's instances, once. The lock on the
     /// booted set is never held across an await, so `shutdown` can run from any context.
-    pub async fn sync(&self, moto: &Moto) -> Result<()> {
-        let instances = moto.instances().await?;
+    pub async fn sync(&self, emulator: &Emulator) -> Result<()> {
+        let instances = emulator.instances().await?;
         for instance in &instances {
+            // Unique across clouds, and a valid cgroup name.
+            let key: String = format!("{}-{}", emulator.kind.name(), instance.instance_id)
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+                .collect();
             let running = instance.state == "running";
-            let known = self.booted().contains_key(&instance.instance_id);
-            if running && !known {
-                match self.boot(instance) {
+            let known = self.booted().contains_key(&key);
+            if running && !known && !instance.user_data.is_empty() {
+                match self.boot(&key, instance) {
                     Ok(machine) => {
-                        tracing::info!(instance = %instance.instance_id, r#type = %instance.instance_type, "booted");
-                        self.booted().insert(instance.instance_id.clone(), machine);
+                        tracing::info!(machine = %key, r#type = %instance.instance_type, "booted");
+                        self.booted().insert(key, machine);
                     }
-                    Err(error) => tracing::warn!(instance = %instance.instance_id, %error, "boot failed"),
+                    Err(error) => tracing::warn!(machine = %key, %error, "boot failed"),
                 }
             } else if !running && instance.state != "pending" {
-                let gone = self.booted().remove(&instance.instance_id);
+                let gone = self.booted().remove(&key);
                 if let Some(machine) = gone {
-                    tracing::info!(instance = %instance.instance_id, state = %instance.state, "instance gone: killing its machine");
+                    tracing::info!(machine = %key, state = %instance.state, "machine gone: killing it");
                     tokio::task::spawn_blocking(move || machine.slice.destroy()).await??;
                 }
             }
@@ -81,12 +88,15 @@ impl Booter {
         self.booted.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn boot(&self, instance: &crate::moto::EmulatedInstance) -> Result<Booted> {
-        let capacity = self.sizes.get(&instance.instance_type).copied().unwrap_or(Resources::new(1000, 1 << 30));
-        let slice = Slice::create(&self.cgroups, &self.cgroup_root.join(&instance.instance_id), capacity)?;
+    fn boot(&self, key: &str, instance: &EmulatedInstance) -> Result<Booted> {
+        let capacity = match (instance.vcpus, instance.memory_mib) {
+            (Some(vcpus), Some(mib)) => Resources::new(u64::from(vcpus) * 1000, mib << 20),
+            _ => self.sizes.get(&instance.instance_type).copied().unwrap_or(Resources::new(1000, 1 << 30)),
+        };
+        let slice = Slice::create(&self.cgroups, &self.cgroup_root.join(key), capacity)?;
         let n = self.next_address.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let address = format!("127.2.{}.{}", n / 250, n % 250 + 1);
-        let state = self.state_dir.join(&instance.instance_id);
+        let state = self.state_dir.join(key);
         std::fs::create_dir_all(&state)?;
         let log = std::fs::File::create(state.join("boot.log"))?;
         let mut command = Command::new("sh");
@@ -117,16 +127,18 @@ impl Booter {
     }
 }
 
-/// Runs `sync` every `interval` until `stop` flips.
+/// Runs `sync` over every emulator every `interval` until `stop` flips.
 pub async fn run(
     booter: Arc<Booter>,
-    moto: Arc<Moto>,
+    emulators: Vec<Arc<Emulator>>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        if let Err(error) = booter.sync(&moto).await {
-            tracing::warn!(%error, "booter sync failed");
+        for emulator in &emulators {
+            if let Err(error) = booter.sync(emulator).await {
+                tracing::warn!(cloud = emulator.kind.name(), %error, "booter sync failed");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}

@@ -6,8 +6,8 @@
 //! it holds no logic of the control service or the agent, only their processes.
 
 pub mod booter;
+pub mod emulator;
 pub mod machine;
-pub mod moto;
 pub mod process;
 
 pub use database::TempDatabase;

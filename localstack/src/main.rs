@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use canopy_localstack::booter::{self, Booter};
-use canopy_localstack::moto::Moto;
+use canopy_localstack::emulator::{Emulator, Kind};
 use canopy_localstack::{Binaries, ControlService, TempDatabase};
 use clap::{Parser, Subcommand};
 use std::path::Path;
@@ -19,7 +19,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the emulated clouds (EC2 via moto) and the booter, in the foreground until Ctrl-C.
+    /// Start the emulated clouds (EC2, Azure, OpenStack, Redfish bare metal) and the booter, in
+    /// the foreground until Ctrl-C.
     Up {
         #[arg(long, default_value = ".canopy/localstack")]
         state_dir: PathBuf,
@@ -63,7 +64,7 @@ const STACK_FILE: &str = ".canopy/localstack.json";
 
 /// The emulated clouds and the booter, until `stop` resolves.
 struct LocalStack {
-    moto: Arc<Moto>,
+    emulators: Vec<Arc<Emulator>>,
     booter: Arc<Booter>,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -72,32 +73,57 @@ struct LocalStack {
 impl LocalStack {
     async fn start(repo: &Path, binaries: &Binaries, state_dir: &Path) -> Result<LocalStack> {
         std::fs::create_dir_all(state_dir)?;
-        let moto = Arc::new(Moto::start(repo, &state_dir.join("moto.log")).await?);
+        let mut emulators = Vec::new();
+        for kind in CLOUDS {
+            let log = state_dir.join(format!("{}.log", kind.name()));
+            emulators.push(Arc::new(Emulator::start(kind, repo, &log, &emulator_args(kind)).await?));
+        }
         let cgroup_root = PathBuf::from(format!("canopy-localstack-{}", std::process::id()));
         let booter = Arc::new(Booter::new(&binaries.agent, &cgroup_root, &state_dir.join("machines"))?);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(booter::run(booter.clone(), moto.clone(), Duration::from_millis(250), stop_rx));
-        Ok(LocalStack { moto, booter, stop, task })
+        let task = tokio::spawn(booter::run(booter.clone(), emulators.clone(), Duration::from_millis(250), stop_rx));
+        Ok(LocalStack { emulators, booter, stop, task })
+    }
+
+    fn url(&self, kind: Kind) -> &str {
+        self.emulators.iter().find(|e| e.kind == kind).map_or("", |e| e.url.as_str())
     }
 
     async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
         self.booter.shutdown();
-        if let Ok(mut moto) = Arc::try_unwrap(self.moto) {
-            moto.stop().await;
+        for emulator in self.emulators {
+            if let Ok(mut emulator) = Arc::try_unwrap(emulator) {
+                emulator.stop().await;
+            }
         }
+    }
+}
+
+/// The emulated clouds the local stack runs.
+const CLOUDS: [Kind; 1] = [Kind::Aws];
+
+/// What each emulated cloud holds in the demo.
+fn emulator_args(kind: Kind) -> Vec<String> {
+    match kind {
+        Kind::Aws | Kind::Azure => Vec::new(),
+        // A small private cloud: room for two servers in the demo project.
+        Kind::OpenStack => vec!["--max-instances".into(), "2".into()],
+        // Two owned hosts in the rack.
+        Kind::BareMetal => vec!["--systems".into(), "2".into()],
     }
 }
 
 async fn up(state_dir: &Path) -> Result<()> {
     let repo = std::env::current_dir()?;
     let stack = LocalStack::start(&repo, &Binaries::find()?, &repo.join(state_dir)).await?;
-    std::fs::write(
-        STACK_FILE,
-        serde_json::to_vec(&serde_json::json!({"pid": std::process::id(), "ec2": stack.moto.url}))?,
-    )?;
-    println!("ec2: {}", stack.moto.url);
+    let mut record = serde_json::json!({"pid": std::process::id()});
+    for emulator in &stack.emulators {
+        record[emulator.kind.name()] = emulator.url.clone().into();
+        println!("{}: {}", emulator.kind.name(), emulator.url);
+    }
+    std::fs::write(STACK_FILE, serde_json::to_vec(&record)?)?;
     println!("booter: running; Ctrl-C (or `canopy-localstack down`) stops the local stack");
     shutdown_signal().await;
     stack.stop().await;
@@ -113,15 +139,18 @@ fn read_stack_file() -> Result<serde_json::Value> {
 
 async fn status() -> Result<()> {
     let stack = read_stack_file()?;
-    let ec2 = stack["ec2"].as_str().context("ec2 url")?;
-    let instances: serde_json::Value =
-        reqwest::get(format!("{ec2}/_canopy/instances")).await?.error_for_status()?.json().await?;
-    println!("ec2: {ec2} (pid {})", stack["pid"]);
-    for instance in instances.as_array().into_iter().flatten() {
-        println!(
-            "  {} {} {} {}",
-            instance["instance_id"], instance["instance_type"], instance["availability_zone"], instance["state"]
-        );
+    println!("local stack: pid {}", stack["pid"]);
+    for kind in Kind::ALL {
+        let Some(url) = stack[kind.name()].as_str() else { continue };
+        let instances: serde_json::Value =
+            reqwest::get(format!("{url}/_canopy/instances")).await?.error_for_status()?.json().await?;
+        println!("{}: {url}", kind.name());
+        for instance in instances.as_array().into_iter().flatten() {
+            println!(
+                "  {} {} {} {}",
+                instance["instance_id"], instance["instance_type"], instance["availability_zone"], instance["state"]
+            );
+        }
     }
     Ok(())
 }
@@ -154,15 +183,16 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         Ok(_) => listen.to_string(),
         Err(_) => "127.0.0.1:0".to_string(),
     };
-    let provider_env = [
-        ("CANOPY_AWS_REGIONS", "us-east-1"),
-        ("CANOPY_AWS_ENDPOINT", stack.moto.url.as_str()),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-        ("CANOPY_BOOT_TIMEOUT_S", "60"),
-        ("CANOPY_IDLE_TIMEOUT_S", "60"),
-    ];
+    let mut provider_env = canopy_localstack::emulator::control_env(
+        stack.url(Kind::Aws),
+        stack.url(Kind::Azure),
+        stack.url(Kind::OpenStack),
+    );
+    provider_env.extend([
+        ("CANOPY_BOOT_TIMEOUT_S".to_string(), "60".to_string()),
+        ("CANOPY_IDLE_TIMEOUT_S".to_string(), "60".to_string()),
+    ]);
+    let provider_env: Vec<(&str, &str)> = provider_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut control = ControlService::start(
         &binaries,
         &database.url,
@@ -219,7 +249,10 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     println!("  target/debug/canopy machines --output json");
     println!("  target/debug/canopy scale hello 20     # beyond two machines' memory: Canopy buys more");
     println!("  target/debug/canopy logs hello");
-    println!("Emulated EC2: {}   Admin token: {admin_token}   Logs: {}", stack.moto.url, state_dir.display());
+    for emulator in &stack.emulators {
+        println!("Emulated {}: {}", emulator.kind.name(), emulator.url);
+    }
+    println!("Admin token: {admin_token}   Logs: {}", state_dir.display());
     println!("Ctrl-C stops everything the demo started.");
 
     shutdown_signal().await;

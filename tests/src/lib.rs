@@ -4,7 +4,7 @@
 use anyhow::{Context, Result, bail};
 use canopy_core::Resources;
 use canopy_localstack::booter::{self, Booter};
-use canopy_localstack::moto::Moto;
+use canopy_localstack::emulator::{Emulator, Kind};
 use canopy_localstack::{Binaries, ControlService, LocalMachine, MachineSpec, TempDatabase};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -51,21 +51,30 @@ impl Stack {
     /// A control service that buys its machines on emulated EC2 (moto), whose instances the
     /// booter turns into real agents. `idle_timeout_s` is how soon empty machines are returned.
     pub async fn start_with_cloud(idle_timeout_s: u64) -> Result<Stack> {
-        Stack::start_with_cloud_timeouts(idle_timeout_s, 30).await
+        Stack::start_with_clouds(&[Kind::Aws], idle_timeout_s, 30).await
     }
 
     /// As `start_with_cloud`, with the boot timeout too.
     pub async fn start_with_cloud_timeouts(idle_timeout_s: u64, boot_timeout_s: u64) -> Result<Stack> {
+        Stack::start_with_clouds(&[Kind::Aws], idle_timeout_s, boot_timeout_s).await
+    }
+
+    /// A control service that buys machines on these emulated clouds.
+    pub async fn start_with_clouds(kinds: &[Kind], idle_timeout_s: u64, boot_timeout_s: u64) -> Result<Stack> {
         let name = unique("canopy_cloud");
         let dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&dir)?;
         let binaries = Binaries::find()?;
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-        let moto = Arc::new(Moto::start(&repo, &dir.join("moto.log")).await?);
+        let mut emulators = Vec::new();
+        for &kind in kinds {
+            let log = dir.join(format!("{}.log", kind.name()));
+            emulators.push(Arc::new(Emulator::start(kind, &repo, &log, &[]).await?));
+        }
         let booter = Arc::new(Booter::new(&binaries.agent, &PathBuf::from(&name), &dir.join("machines"))?);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(booter::run(booter.clone(), moto.clone(), Duration::from_millis(200), stop_rx));
-        let cloud = Cloud { moto, booter, stop, task: Some(task), dir };
+        let task = tokio::spawn(booter::run(booter.clone(), emulators.clone(), Duration::from_millis(200), stop_rx));
+        let cloud = Cloud { emulators, booter, stop, task: Some(task), dir };
         Stack::start_with(Some(Box::new(cloud)), idle_timeout_s, boot_timeout_s).await
     }
 
@@ -86,12 +95,12 @@ impl Stack {
         let admin_token = format!("cnp_{}", uuid::Uuid::new_v4().simple());
         let mut control_env: Vec<(String, String)> = Vec::new();
         if let Some(cloud) = &cloud {
+            control_env.extend(canopy_localstack::emulator::control_env(
+                cloud.url(Kind::Aws),
+                cloud.url(Kind::Azure),
+                cloud.url(Kind::OpenStack),
+            ));
             control_env.extend([
-                ("CANOPY_AWS_REGIONS".to_string(), "us-east-1".to_string()),
-                ("CANOPY_AWS_ENDPOINT".to_string(), cloud.moto.url.clone()),
-                ("AWS_ACCESS_KEY_ID".to_string(), "test".to_string()),
-                ("AWS_SECRET_ACCESS_KEY".to_string(), "test".to_string()),
-                ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
                 ("CANOPY_BOOT_TIMEOUT_S".to_string(), boot_timeout_s.to_string()),
                 ("CANOPY_IDLE_TIMEOUT_S".to_string(), idle_timeout_s.to_string()),
             ]);
@@ -230,18 +239,33 @@ impl Stack {
         Ok(())
     }
 
-    pub fn moto(&self) -> Result<&Moto> {
-        self.cloud.as_ref().map(|c| c.moto.as_ref()).context("this stack has no emulated cloud")
+    /// The emulated EC2.
+    pub fn moto(&self) -> Result<&Emulator> {
+        self.emulator(Kind::Aws)
+    }
+
+    pub fn emulator(&self, kind: Kind) -> Result<&Emulator> {
+        self.cloud
+            .as_ref()
+            .and_then(|c| c.emulators.iter().find(|e| e.kind == kind))
+            .map(|e| e.as_ref())
+            .with_context(|| format!("this stack has no emulated {}", kind.name()))
     }
 }
 
-/// Emulated EC2 and the booter that turns its instances into machines.
+/// The emulated clouds and the booter that turns their machines into real ones.
 pub struct Cloud {
-    pub moto: Arc<Moto>,
+    emulators: Vec<Arc<Emulator>>,
     booter: Arc<Booter>,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
     dir: PathBuf,
+}
+
+impl Cloud {
+    fn url(&self, kind: Kind) -> &str {
+        self.emulators.iter().find(|e| e.kind == kind).map_or("", |e| e.url.as_str())
+    }
 }
 
 impl Drop for Cloud {

@@ -5,7 +5,7 @@ use canopy_e2e::{Stack, hello_spec, running_tasks};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-async fn live_instances(stack: &Stack) -> anyhow::Result<Vec<canopy_localstack::moto::EmulatedInstance>> {
+async fn live_instances(stack: &Stack) -> anyhow::Result<Vec<canopy_localstack::emulator::EmulatedInstance>> {
     Ok(stack.moto()?.instances().await?.into_iter().filter(|i| i.state == "pending" || i.state == "running").collect())
 }
 
