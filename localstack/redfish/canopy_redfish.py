@@ -509,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--username", default="admin", help="Basic auth user")
     parser.add_argument("--password", default="password", help="Basic auth password")
     parser.add_argument("--power-delay", type=float, default=0.2, help="seconds a power transition takes")
+    parser.add_argument(
+        "--state-dir",
+        help="directory for the emulator's state (sqlite, htpasswd, media), which the caller removes; "
+        "default: a fresh temporary directory removed at a clean exit (not after SIGKILL)",
+    )
     parser.add_argument("--log-requests", action="store_true", help="log every HTTP request to stderr")
     args = parser.parse_args(argv)
 
@@ -527,8 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     # The fake driver and virtual media keep their state in sqlite files under
     # SUSHY_EMULATOR_STATE_DIR (default: one shared /tmp/sushy-emulator for every
     # process!): each emulator gets its own, removed at exit.
-    STATE_DIR = tempfile.mkdtemp(prefix="canopy-redfish-")
-    atexit.register(shutil.rmtree, STATE_DIR, True)
+    if args.state_dir:
+        os.makedirs(args.state_dir, exist_ok=True)
+        STATE_DIR = args.state_dir
+    else:
+        STATE_DIR = tempfile.mkdtemp(prefix="canopy-redfish-")
+        atexit.register(shutil.rmtree, STATE_DIR, True)
     htpasswd = os.path.join(STATE_DIR, "htpasswd")
     write_htpasswd(htpasswd, args.username, args.password)
 

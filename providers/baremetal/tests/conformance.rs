@@ -23,6 +23,8 @@ const PASSWORD: &str = "bmc-secret";
 struct Emulator {
     child: Child,
     url: String,
+    /// The emulator's state (sqlite files, htpasswd): SIGKILL skips its own clean-up.
+    state_dir: PathBuf,
 }
 
 impl Emulator {
@@ -34,10 +36,13 @@ impl Emulator {
             .expect("install.sh");
         assert!(install.status.success(), "installing sushy-tools failed");
         let python = String::from_utf8(install.stdout).expect("utf-8").trim().to_string();
+        let state_dir = std::env::temp_dir().join(format!("canopy-redfish-test-{}", uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(python)
             .arg(repo.join("localstack/redfish/canopy_redfish.py"))
             .args(["--host", "127.0.0.1", "--port", "0", "--systems", &systems.to_string()])
             .args(["--username", USER, "--password", PASSWORD, "--power-delay", "0.2"])
+            .arg("--state-dir")
+            .arg(&state_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -51,7 +56,7 @@ impl Emulator {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Emulator { child, url }
+        Emulator { child, url, state_dir }
     }
 
     /// `/_canopy/instances`: what the local stack's booter reads.
@@ -92,6 +97,7 @@ impl Drop for Emulator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 
