@@ -713,13 +713,13 @@ class Handler(BaseHTTPRequestHandler):
         self.send(201, response, {"Azure-AsyncOperation": async_url, "Azure-AsyncNotification": "Enabled"})
 
     def update_vm(self, vm: dict[str, Any], spec: dict[str, Any], version: str) -> None:
-        for field, label in (("vmSize", "hardwareProfile.vmSize"), ("priority", "priority"), ("location", "location")):
-            if spec[field] != vm[field] and field != "vmSize":
+        # Resizing is an update; these are fixed at creation, as in ARM.
+        fixed = (("priority", spec["priority"], vm["priority"]), ("location", spec["location"], vm["location"]),
+                 ("zones", spec["zones"], vm["zones"]),
+                 ("osProfile.customData", spec["osProfile"].get("customData"), vm["customData"]))
+        for label, wanted, current in fixed:
+            if wanted != current:
                 raise HttpError(409, "PropertyChangeNotAllowed", f"Changing property '{label}' is not allowed.")
-        if spec["zones"] != vm["zones"]:
-            raise HttpError(409, "PropertyChangeNotAllowed", "Changing property 'zones' is not allowed.")
-        if spec["osProfile"].get("customData") != vm["customData"]:
-            raise HttpError(409, "PropertyChangeNotAllowed", "Changing property 'osProfile.customData' is not allowed.")
         vm["tags"] = spec["tags"]
         vm["vmSize"] = spec["vmSize"]
         async_url, _ = self.operation(vm["sub"], vm["location"], "Succeeded", time.monotonic(), version)

@@ -355,7 +355,7 @@ impl Provider for AzureProvider {
         Ok(self.get_vm(provider_id).await?.machine(region))
     }
 
-    #[tracing::instrument(skip_all, fields(cluster))]
+    #[tracing::instrument(skip_all, fields(cluster = %cluster))]
     async fn list_ours(&self, cluster: &str) -> Result<Vec<ProviderMachine>> {
         let url = self
             .arm
@@ -377,7 +377,7 @@ impl Provider for AzureProvider {
         Ok(machines)
     }
 
-    #[tracing::instrument(skip_all, fields(provider_id))]
+    #[tracing::instrument(skip_all, fields(provider_id = %provider_id))]
     async fn terminate(&self, _region: &str, provider_id: &str) -> Result<()> {
         match self.arm.send(Method::DELETE, &self.vm_url(provider_id), None).await {
             Ok(response) => {

@@ -126,7 +126,7 @@ impl ResourceSku {
 }
 
 /// Every offering of `region`: its VM SKUs priced from the Retail Prices API.
-#[tracing::instrument(skip_all, fields(region))]
+#[tracing::instrument(skip_all, fields(region = %region))]
 pub(crate) async fn region_offerings(
     arm: &ArmClient,
     subscription_id: &str,

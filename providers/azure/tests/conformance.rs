@@ -162,3 +162,14 @@ async fn offerings_carry_the_catalog_prices() {
     let b1s = offerings.iter().find(|o| o.instance_type == "Standard_B1s").expect("Standard_B1s");
     assert_eq!((b1s.price_on_demand, b1s.price_spot), (10_400, None));
 }
+
+#[tokio::test]
+async fn throttling_carries_arms_retry_after() {
+    let emulator = Emulator::start();
+    let provider = AzureProvider::new(emulator.config("canopy-local-secret")).await.expect("provider");
+    let faults = FakeFaults { url: emulator.url.clone() };
+    faults.post("faults/throttle", serde_json::json!({"count": 1, "retry_after": 7})).await.expect("throttle");
+    let throttled = provider.describe("eastus", "anything").await;
+    assert_eq!(throttled, Err(ProviderError::Throttled { retry_after: std::time::Duration::from_secs(7) }));
+    assert!(matches!(provider.describe("eastus", "anything").await, Err(ProviderError::NotFound(_))));
+}
