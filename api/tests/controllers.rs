@@ -86,16 +86,16 @@ async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
     assert_eq!(store.reconcile_apps().await.expect("reconcile"), 0, "a second pass changes nothing");
 
     // No machine: nothing placed, and the reason is recorded.
-    let outcome = store.place_pending(&no_catalog()).await.expect("place");
+    let outcome = store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     assert_eq!((outcome.placed, outcome.unplaced), (0, 4));
     let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
     assert!(app.tasks.iter().all(|t| t.message.contains("no machine is ready")), "{:?}", app.tasks);
 
     // One 1-cpu machine fits three 300m tasks, not four.
     join(&store, "m1").await;
-    let outcome = store.place_pending(&no_catalog()).await.expect("place");
+    let outcome = store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     assert_eq!((outcome.placed, outcome.unplaced), (3, 1));
-    assert_eq!(store.place_pending(&no_catalog()).await.expect("place").placed, 0, "nothing more fits");
+    assert_eq!(store.place_pending(&no_catalog(), &Default::default()).await.expect("place").placed, 0, "nothing more fits");
     let machines = store.machines().await.expect("machines");
     assert_eq!(machines[0].allocated_milli_cpu, 900);
 }
@@ -107,7 +107,7 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
     store.apply_app("test", team, &spec(1)).await.expect("apply");
     store.reconcile_apps().await.expect("reconcile");
     let machine = join(&store, "m1").await;
-    store.place_pending(&no_catalog()).await.expect("place");
+    store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     let heartbeat = |tasks: Vec<TaskReport>| HeartbeatRequest {
         protocol: PROTOCOL_VERSION,
         agent_endpoint: "127.0.0.1:1".into(),
@@ -142,7 +142,7 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
     assert_eq!(old.state, "lost");
 
     // A final report for the replacement is recorded with its exit status.
-    store.place_pending(&no_catalog()).await.expect("place");
+    store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     let desired = store.heartbeat(machine, &heartbeat(vec![]), 1000).await.expect("heartbeat").desired;
     let replacement = desired.iter().find(|d| d.task_id != task).expect("replacement").task_id;
     let exit = ExitStatus { code: Some(3), signal: None, oom_killed: false, message: "exited with status 3".into() };
@@ -198,7 +198,7 @@ async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() 
 
     store.apply_app("test", team, &spec(2)).await.expect("apply");
     store.reconcile_apps().await.expect("reconcile");
-    assert_eq!(store.place_pending(&no_catalog()).await.expect("place").placed, 2);
+    assert_eq!(store.place_pending(&no_catalog(), &Default::default()).await.expect("place").placed, 2);
     run_desired(&store, m1).await;
     run_desired(&store, m2).await;
     // Arrange: app `other` runs next to web's instance 1, so that once web scales down to one
@@ -228,7 +228,7 @@ async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() 
 
     // Its task gets a successor on the kept machine, and stops only once that runs.
     store.reconcile_apps().await.expect("reconcile");
-    store.place_pending(&no_catalog()).await.expect("place");
+    store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     let on_drained = run_desired(&store, drained).await;
     run_desired(&store, kept).await;
     store.reconcile_apps().await.expect("reconcile");

@@ -185,7 +185,7 @@ pub fn control_env(aws: &str, azure: &str, openstack: &str) -> Vec<(String, Stri
         set("OS_AUTH_URL", &format!("{openstack}/v3"));
         set("OS_REGION_NAME", "RegionOne");
         set("OS_USERNAME", "canopy");
-        set("OS_PASSWORD", "canopy-local-secret");
+        set("OS_PASSWORD", "canopy-secret");
         set("OS_PROJECT_NAME", "canopy");
         set("OS_USER_DOMAIN_NAME", "Default");
         set("OS_PROJECT_DOMAIN_NAME", "Default");

@@ -8,7 +8,7 @@
 
 pub mod conformance;
 
-use canopy_core::schedule::Offering;
+use canopy_core::schedule::{Offering, Quota};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -101,6 +101,18 @@ pub trait Provider: Send + Sync {
 
     /// What can be bought, with prices.
     async fn offerings(&self) -> Result<Vec<Offering>>;
+
+    /// Whether `offerings` changes while the control service runs (hosts an operator
+    /// registers); such a provider is asked again before every plan, the others once.
+    fn dynamic_offerings(&self) -> bool {
+        false
+    }
+
+    /// The most this provider lets Canopy hold at once (the planner counts Canopy's machines
+    /// against it); `None` when it sets no limit the planner can know in advance.
+    async fn quota(&self) -> Result<Option<Quota>> {
+        Ok(None)
+    }
 
     /// Creates a machine, or returns the one already created with the same idempotency key.
     async fn create(&self, request: &CreateMachine) -> Result<ProviderMachine>;

@@ -39,11 +39,11 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
         tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
     }
     let task_changes = store.reconcile_apps().await?;
-    let catalog = match &config.provisioner {
-        Some(provisioner) => provisioner.available_catalog(store).await?,
-        None => Arc::new(Catalog::default()),
+    let (catalog, quotas) = match &config.provisioner {
+        Some(provisioner) => (provisioner.available_catalog(store).await?, provisioner.quotas().await),
+        None => (Arc::new(Catalog::default()), Default::default()),
     };
-    let placement = store.place_pending(&catalog).await?;
+    let placement = store.place_pending(&catalog, &quotas).await?;
     if placement.placed > 0 || task_changes > 0 || placement.machines_requested > 0 {
         tracing::info!(
             task_changes,

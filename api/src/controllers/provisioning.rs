@@ -8,7 +8,7 @@
 //! row. Instances tagged with our cluster that match no live row are terminated.
 
 use crate::store::{ProvisionedMachine, Result, Store};
-use canopy_core::schedule::{Catalog, DisruptionBudget, consolidate};
+use canopy_core::schedule::{Catalog, DisruptionBudget, Quota, consolidate};
 use canopy_providers::{CreateMachine, Interruption, Provider, ProviderError, TAG_CLUSTER, TAG_MACHINE};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,6 +20,9 @@ const CAPACITY_MEMORY: Duration = Duration::from_secs(300);
 /// Steps between two consolidation passes (with a 250 ms tick: every 5 s).
 const CONSOLIDATE_EVERY: u64 = 20;
 const CONSOLIDATION_SEED: u64 = 0xc0501;
+
+/// How long the providers' quotas are remembered before they are asked again.
+const QUOTA_MEMORY: Duration = Duration::from_secs(15);
 
 /// Steps between two reconciliations with the providers (with a 250 ms tick: every 2 s).
 const RECONCILE_EVERY: u64 = 8;
@@ -51,17 +54,20 @@ pub struct Provisioner {
     config: ProvisioningConfig,
     cluster: String,
     steps: std::sync::atomic::AtomicU64,
+    /// The providers' quotas and when they were read.
+    quotas: tokio::sync::Mutex<Option<(std::time::Instant, BTreeMap<String, Quota>)>>,
 }
 
 impl Provisioner {
-    /// Loads every provider's offerings into one catalog.
+    /// Loads every provider's offerings into one catalog (the dynamic ones are asked again
+    /// before every plan).
     pub async fn new(
         store: &Store,
         providers: Vec<Arc<dyn Provider>>,
         config: ProvisioningConfig,
     ) -> anyhow::Result<Provisioner> {
         let mut catalog = Catalog::default();
-        for provider in &providers {
+        for provider in providers.iter().filter(|p| !p.dynamic_offerings()) {
             let offerings =
                 provider.offerings().await.map_err(|e| anyhow::anyhow!("{} offerings: {e}", provider.name()))?;
             tracing::info!(provider = provider.name(), offerings = offerings.len(), "catalog loaded");
@@ -69,24 +75,70 @@ impl Provisioner {
         }
         let cluster = store.cluster_id().await?.to_string();
         let providers = providers.into_iter().map(|p| (p.name().to_string(), p)).collect();
-        Ok(Provisioner { providers, catalog: Arc::new(catalog), config, cluster, steps: Default::default() })
+        Ok(Provisioner {
+            providers,
+            catalog: Arc::new(catalog),
+            config,
+            cluster,
+            steps: Default::default(),
+            quotas: Default::default(),
+        })
     }
 
-    /// The catalog without the offerings a provider recently had no capacity for, so the
-    /// next plan tries the next-best offering instead of failing the same way again.
+    /// What can be bought now: the catalog plus the dynamic providers' current offerings,
+    /// without the offerings a provider recently had no capacity for and the regions whose
+    /// quota it said was used up, so the next plan tries the next-best offering (elsewhere)
+    /// instead of failing the same way again.
     pub async fn available_catalog(&self, store: &Store) -> Result<Arc<Catalog>> {
+        let mut dynamic = Vec::new();
+        for provider in self.providers.values().filter(|p| p.dynamic_offerings()) {
+            match provider.offerings().await {
+                Ok(offerings) => dynamic.extend(offerings),
+                Err(error) => tracing::warn!(provider = provider.name(), %error, "cannot list offerings"),
+            }
+        }
         let exhausted = store.recently_exhausted(CAPACITY_MEMORY).await?;
-        if exhausted.is_empty() {
+        if exhausted.is_empty() && dynamic.is_empty() {
             return Ok(self.catalog.clone());
         }
         let offerings = self
             .catalog
             .offerings
             .iter()
-            .filter(|o| !exhausted.iter().any(|(p, r, t)| *p == o.provider && *r == o.region && *t == o.instance_type))
+            .chain(&dynamic)
+            .filter(|o| {
+                !exhausted.iter().any(|e| {
+                    e.provider == o.provider
+                        && e.region == o.region
+                        && (e.whole_region || e.offering == o.instance_type)
+                })
+            })
             .cloned()
             .collect();
         Ok(Arc::new(Catalog { offerings }))
+    }
+
+    /// Each provider's quota, read at most every `QUOTA_MEMORY`; a provider that cannot be
+    /// asked keeps its last known quota.
+    pub async fn quotas(&self) -> BTreeMap<String, Quota> {
+        let mut cached = self.quotas.lock().await;
+        if let Some((read, quotas)) = cached.as_ref()
+            && read.elapsed() < QUOTA_MEMORY
+        {
+            return quotas.clone();
+        }
+        let mut quotas = cached.as_ref().map(|(_, q)| q.clone()).unwrap_or_default();
+        for provider in self.providers.values() {
+            match provider.quota().await {
+                Ok(Some(quota)) => {
+                    quotas.insert(provider.name().to_string(), quota);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(provider = provider.name(), %error, "cannot read the quota"),
+            }
+        }
+        *cached = Some((std::time::Instant::now(), quotas.clone()));
+        quotas
     }
 
     /// One pass: create requested machines, time out slow boots, drain idle machines,

@@ -7,6 +7,7 @@ mod admin;
 mod agent;
 mod apps;
 mod error;
+mod hosts;
 mod machines;
 
 pub use error::ApiError;
@@ -34,8 +35,12 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let v1 =
-        Router::new().merge(admin::router()).merge(apps::router()).merge(machines::router()).merge(agent::router());
+    let v1 = Router::new()
+        .merge(admin::router())
+        .merge(apps::router())
+        .merge(machines::router())
+        .merge(hosts::router())
+        .merge(agent::router());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))

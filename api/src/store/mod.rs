@@ -5,12 +5,14 @@
 //! a row type.
 
 mod apps;
+mod hosts;
 mod identity;
 mod machines;
 mod provisioning;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
+pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;
 pub use provisioning::ProvisionedMachine;

@@ -10,6 +10,16 @@ use sqlx::{Postgres, Transaction};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// An offering the provider recently had no capacity for, or (`whole_region`) a region of
+/// the provider whose quota ran out.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Exhausted {
+    pub provider: String,
+    pub region: String,
+    pub offering: String,
+    pub whole_region: bool,
+}
+
 /// A machine the provisioning controller has to act on.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProvisionedMachine {
@@ -158,11 +168,14 @@ impl Store {
         Ok(())
     }
 
-    /// (provider, region, instance type) that failed for lack of capacity within `window`.
-    pub async fn recently_exhausted(&self, window: Duration) -> Result<Vec<(String, String, String)>> {
+    /// The offerings that failed for lack of capacity within `window`, and the regions whose
+    /// quota ran out.
+    pub async fn recently_exhausted(&self, window: Duration) -> Result<Vec<Exhausted>> {
         Ok(sqlx::query_as(
-            "SELECT DISTINCT provider, region, offering FROM machines
-             WHERE state IN ('failed', 'terminated') AND state_reason LIKE 'insufficient capacity%'
+            "SELECT DISTINCT provider, region, offering, state_reason LIKE 'quota exceeded%' AS whole_region
+             FROM machines
+             WHERE state IN ('failed', 'terminated')
+               AND (state_reason LIKE 'insufficient capacity%' OR state_reason LIKE 'quota exceeded%')
                AND created_at > now() - make_interval(secs => $1)",
         )
         .bind(window.as_secs_f64())

@@ -5,7 +5,7 @@ use super::machines::to_i64;
 use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
-use canopy_core::schedule::{Catalog, Constraints, Policy, Snapshot, SpotPolicy, TaskAsk, schedule};
+use canopy_core::schedule::{Catalog, Constraints, Policy, Quota, Snapshot, SpotPolicy, TaskAsk, schedule};
 use canopy_core::spec::AppSpec;
 use canopy_core::task::TaskState;
 use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
@@ -235,7 +235,12 @@ impl Store {
 
     /// Placement controller step: asks canopy-core where pending tasks go and records the
     /// answer; unplaced tasks keep the reason in their message.
-    pub async fn place_pending(&self, catalog: &Arc<Catalog>) -> Result<PlacementOutcome> {
+    /// `quotas` are the providers' limits on what Canopy may hold at once.
+    pub async fn place_pending(
+        &self,
+        catalog: &Arc<Catalog>,
+        quotas: &BTreeMap<String, Quota>,
+    ) -> Result<PlacementOutcome> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(PlacementOutcome::default()) };
         let pending: Vec<(Uuid, Uuid, i64, i64, bool)> = sqlx::query_as(
             "SELECT t.id, t.app_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'interruptible')::boolean, false)
@@ -248,7 +253,8 @@ impl Store {
             return Ok(PlacementOutcome::default());
         }
         // Spot only ever serves interruptible work; apps say whether they are.
-        let policy = Policy { spot: SpotPolicy { service: true, batch: true }, ..Default::default() };
+        let policy =
+            Policy { spot: SpotPolicy { service: true, batch: true }, quotas: quotas.clone(), ..Default::default() };
         let snapshot = Snapshot {
             machines: Self::ready_machines(&mut tx).await?,
             catalog: catalog.clone(),

@@ -205,8 +205,17 @@ impl Provider for BareMetalProvider {
         "baremetal"
     }
 
+    /// The classes that still have a host no machine holds (hosts are registered, claimed
+    /// and released while the service runs: see `dynamic_offerings`).
     async fn offerings(&self) -> Result<Vec<Offering>> {
-        Ok(offerings(&self.inventory.hosts().await?))
+        let claimed: Vec<String> = self.inventory.claims().await?.into_iter().map(|c| c.host).collect();
+        let mut hosts = self.inventory.hosts().await?;
+        hosts.retain(|h| !claimed.contains(&h.name));
+        Ok(offerings(&hosts))
+    }
+
+    fn dynamic_offerings(&self) -> bool {
+        true
     }
 
     #[tracing::instrument(skip_all, fields(key = %request.idempotency_key, class = %request.instance_type, region = %request.region))]

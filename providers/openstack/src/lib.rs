@@ -117,8 +117,8 @@ impl OpenStackProvider {
         Ok(OpenStackProvider { client, config, flavors: OnceCell::new(), offerings: OnceCell::new() })
     }
 
-    /// The project's compute limits and usage (`/limits`), for the controller to plan with.
-    pub async fn quota(&self) -> Result<Quota> {
+    /// The project's compute limits and usage (`/limits`).
+    pub async fn limits(&self) -> Result<Quota> {
         let body = self.client.nova(Method::GET, "/limits", &[], None).await?;
         Quota::from_limits(&body)
     }
@@ -262,6 +262,16 @@ fn create_body(config: &OpenStackConfig, request: &CreateMachine, flavor_id: &st
 impl Provider for OpenStackProvider {
     fn name(&self) -> &str {
         "openstack"
+    }
+
+    /// The project's instance and core limits. Servers of others in the project count
+    /// against them too; a create beyond what is left is refused (`QuotaExceeded`).
+    async fn quota(&self) -> Result<Option<canopy_core::schedule::Quota>> {
+        let limits = self.limits().await?;
+        Ok(Some(canopy_core::schedule::Quota {
+            max_machines: limits.max_instances.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            max_milli_cpu: limits.max_cores.map(|n| n.saturating_mul(1000)),
+        }))
     }
 
     async fn offerings(&self) -> Result<Vec<Offering>> {

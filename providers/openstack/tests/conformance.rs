@@ -142,7 +142,7 @@ async fn application_credentials_work_and_bad_credentials_are_auth_errors() {
         .expect("application credential accepted");
     let offerings = provider.offerings().await.expect("offerings");
     assert!(offerings.iter().all(|o| o.sunk && o.provider == "openstack" && o.zones.contains(&"nova".to_string())));
-    let quota = provider.quota().await.expect("quota");
+    let quota = provider.limits().await.expect("quota");
     assert_eq!((quota.max_instances, quota.max_cores), (Some(10), Some(20)));
 
     for credentials in [app_credential("wrong"), password("wrong")] {
@@ -160,7 +160,7 @@ async fn refusals_map_to_provider_error_kinds() {
     let provider = OpenStackProvider::new(emulator.config(password("canopy-secret"))).await.expect("connect");
     let faults = FakeFaults { url: emulator.url.clone() };
     faults.post("faults/throttle", serde_json::json!({"count": 1})).await.expect("throttle fault");
-    assert!(matches!(provider.quota().await, Err(ProviderError::Throttled { .. })));
+    assert!(matches!(provider.limits().await, Err(ProviderError::Throttled { .. })));
     faults.post("faults/az_outage", serde_json::json!({"zone": "az-2"})).await.expect("outage fault");
     let fixture = fixture(&provider, &faults, "az-2", "m1.tiny");
     match provider.create(&fixture.request("in-outage", false)).await {
