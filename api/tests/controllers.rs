@@ -95,7 +95,11 @@ async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
     join(&store, "m1").await;
     let outcome = store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     assert_eq!((outcome.placed, outcome.unplaced), (3, 1));
-    assert_eq!(store.place_pending(&no_catalog(), &Default::default()).await.expect("place").placed, 0, "nothing more fits");
+    assert_eq!(
+        store.place_pending(&no_catalog(), &Default::default()).await.expect("place").placed,
+        0,
+        "nothing more fits"
+    );
     let machines = store.machines().await.expect("machines");
     assert_eq!(machines[0].allocated_milli_cpu, 900);
 }

@@ -161,7 +161,7 @@ impl Emulator {
 
 /// The environment that points a control service's providers at these emulators (an empty
 /// URL leaves that provider off). The credentials are the ones the emulators accept.
-pub fn control_env(aws: &str, azure: &str, openstack: &str) -> Vec<(String, String)> {
+pub fn control_env(repo: &Path, aws: &str, azure: &str, openstack: &str) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let mut set = |key: &str, value: &str| env.push((key.to_string(), value.to_string()));
     if !aws.is_empty() {
@@ -173,9 +173,18 @@ pub fn control_env(aws: &str, azure: &str, openstack: &str) -> Vec<(String, Stri
     }
     if !azure.is_empty() {
         set("CANOPY_AZURE_REGIONS", "eastus,westeurope");
-        set("CANOPY_AZURE_ENDPOINT", azure);
-        set("CANOPY_AZURE_AUTHORITY", azure);
-        set("CANOPY_AZURE_PRICES_URL", azure);
+        // The fake answers TLS on the same port (the Azure SDK's token client insists on
+        // https), with a certificate from the repo's test-only CA.
+        set("CANOPY_AZURE_ENDPOINT", &azure.replacen("http://", "https://", 1));
+        set("CANOPY_AZURE_CA_CERT", &repo.join("localstack/azure/tls/ca.pem").to_string_lossy());
+        set(
+            "CANOPY_AZURE_SUBNET_ID",
+            &format!(
+                "/subscriptions/{LOCAL_AZURE_SUBSCRIPTION}/resourceGroups/network/providers/Microsoft.Network/\
+                 virtualNetworks/canopy/subnets/machines"
+            ),
+        );
+        set("CANOPY_AZURE_SSH_PUBLIC_KEY", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILocalStackOnly canopy");
         set("AZURE_TENANT_ID", LOCAL_AZURE_TENANT);
         set("AZURE_CLIENT_ID", "canopy-local");
         set("AZURE_CLIENT_SECRET", "canopy-local-secret");

@@ -184,6 +184,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         Err(_) => "127.0.0.1:0".to_string(),
     };
     let mut provider_env = canopy_localstack::emulator::control_env(
+        &repo,
         stack.url(Kind::Aws),
         stack.url(Kind::Azure),
         stack.url(Kind::OpenStack),

@@ -95,7 +95,9 @@ impl Stack {
         let admin_token = format!("cnp_{}", uuid::Uuid::new_v4().simple());
         let mut control_env: Vec<(String, String)> = Vec::new();
         if let Some(cloud) = &cloud {
+            let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
             control_env.extend(canopy_localstack::emulator::control_env(
+                &repo,
                 cloud.url(Kind::Aws),
                 cloud.url(Kind::Azure),
                 cloud.url(Kind::OpenStack),

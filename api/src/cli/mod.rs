@@ -1,6 +1,7 @@
 //! The `canopy` command line: `serve` starts the control service; the rest are clients.
 
 mod client;
+mod providers;
 mod table;
 
 pub use client::CliConfig;
@@ -45,7 +46,7 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the control service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create or update an app from its app.toml and follow it until it is running.
     Deploy {
         file: PathBuf,
@@ -121,15 +122,8 @@ struct ServeArgs {
     /// Machines silent for longer than this are declared lost.
     #[arg(long, env = "CANOPY_MACHINE_TTL_MS", default_value_t = 6000)]
     machine_ttl_ms: u64,
-    /// Buy machines on AWS EC2 in these regions (comma-separated); off when empty.
-    #[arg(long, env = "CANOPY_AWS_REGIONS", value_delimiter = ',')]
-    aws_regions: Vec<String>,
-    /// EC2 endpoint override (the local stack); credentials come from the usual AWS sources.
-    #[arg(long, env = "CANOPY_AWS_ENDPOINT")]
-    aws_endpoint: Option<String>,
-    /// Machine image new EC2 machines boot (it must carry canopy-agent and cloud-init).
-    #[arg(long, env = "CANOPY_AWS_IMAGE", default_value = "ami-0123456789abcdef0")]
-    aws_image: String,
+    #[command(flatten)]
+    providers: providers::ProviderArgs,
     /// URL new machines' agents reach this control service at (default: the listen address).
     #[arg(long, env = "CANOPY_CONTROL_URL")]
     control_url: Option<String>,
@@ -147,7 +141,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 pub async fn run(cli: Cli) -> Result<()> {
     if let Command::Serve(args) = cli.command {
-        return serve(args).await;
+        return serve(*args).await;
     }
     let config = CliConfig::load(&CliConfig::default_path())?;
     let api_url = client::require(cli.api_url.or(config.api_url), "api-url")?;
@@ -285,25 +279,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "control service listening");
     println!("listening: http://{address}");
-    let provisioner = if args.aws_regions.is_empty() {
-        None
-    } else {
-        let aws = canopy_provider_aws::AwsProvider::new(canopy_provider_aws::AwsConfig {
-            regions: args.aws_regions.clone(),
-            endpoint: args.aws_endpoint.clone(),
-            credentials: None,
-            image_id: args.aws_image.clone(),
-        })
-        .await;
-        let config = ProvisioningConfig {
-            control_url: args.control_url.clone().unwrap_or_else(|| format!("http://{address}")),
-            boot_timeout: Duration::from_secs(args.boot_timeout_s),
-            idle_timeout: Duration::from_secs(args.idle_timeout_s),
-        };
-        let provisioner =
-            Provisioner::new(&store, vec![Arc::new(aws)], config).await.context("loading provider offerings")?;
-        Some(Arc::new(provisioner))
+    let providers = args.providers.connect(&store).await?;
+    let config = ProvisioningConfig {
+        control_url: args.control_url.clone().unwrap_or_else(|| format!("http://{address}")),
+        boot_timeout: Duration::from_secs(args.boot_timeout_s),
+        idle_timeout: Duration::from_secs(args.idle_timeout_s),
     };
+    let provisioner = Provisioner::new(&store, providers, config).await.context("loading provider offerings")?;
+    let provisioner = Some(Arc::new(provisioner));
     let config = ServeConfig {
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         controllers: crate::controllers::ControllerConfig {

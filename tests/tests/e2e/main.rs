@@ -4,5 +4,6 @@
 mod api;
 mod deploy;
 mod failure;
+mod pool;
 mod provisioning;
 mod restart;
