@@ -6,8 +6,10 @@
 
 use crate::quantity::{Bytes, Millis};
 use crate::resources::Resources;
-use serde::{Deserialize, Serialize};
+use crate::schedule::Constraints;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
+use std::fmt;
 
 pub const MAX_INSTANCES: u32 = 1000;
 
@@ -38,6 +40,11 @@ pub struct AppSpec {
     /// spot capacity.
     #[serde(default)]
     pub interruptible: bool,
+    /// Where the app's tasks may run. Left out of the serialized form when it allows anywhere,
+    /// so the stored JSON of a spec without it (and so its version) is what it was before the
+    /// field existed.
+    #[serde(default, skip_serializing_if = "PlacementSpec::is_anywhere")]
+    pub placement: PlacementSpec,
 }
 
 fn default_instances() -> u32 {
@@ -149,6 +156,130 @@ impl Default for RestartSpec {
     }
 }
 
+/// The `[placement]` table: hard limits on the machines an app's tasks may run on, for data
+/// residency and the like. Each list left empty allows any value; a task goes only to a machine
+/// (or an offering) whose provider, region and zone are each in their list and that carries
+/// every one of `labels` with the same value. Duplicates in a list are refused rather than
+/// silently dropped, as for `ports`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderName>,
+    /// Provider region names (`us-east-1`, `westeurope`, `RegionOne`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Provider zone names (`us-east-1a`, Azure's `1`, an OpenStack availability zone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// Machine labels that must all be present with these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl PlacementSpec {
+    /// True when nothing is constrained.
+    pub fn is_anywhere(&self) -> bool {
+        self.providers.is_empty() && self.regions.is_empty() && self.zones.is_empty() && self.labels.is_empty()
+    }
+
+    /// The scheduler's form of these limits (`arch` is not the spec's to say and stays unset).
+    pub fn constraints(&self) -> Constraints {
+        Constraints {
+            providers: self.providers.iter().map(|p| p.as_str().to_string()).collect(),
+            regions: self.regions.clone(),
+            zones: self.zones.clone(),
+            labels: self.labels.clone(),
+            arch: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        for (index, provider) in self.providers.iter().enumerate() {
+            if self.providers[..index].contains(provider) {
+                let message = format!("provider {:?} is listed twice", provider.as_str());
+                return Err(SpecError::new(format!("placement.providers[{index}]"), message));
+            }
+        }
+        validate_names("placement.regions", "region", &self.regions)?;
+        validate_names("placement.zones", "zone", &self.zones)?;
+        for key in self.labels.keys() {
+            if key.is_empty() || key.trim() != key {
+                let message = format!("label name {key:?} must not be empty or start or end with whitespace");
+                return Err(SpecError::new(format!("placement.labels.{key}"), message));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Region and zone names are the provider's own, so only what can never match one is refused.
+fn validate_names(field: &str, what: &str, names: &[String]) -> Result<(), SpecError> {
+    for (index, name) in names.iter().enumerate() {
+        let field = format!("{field}[{index}]");
+        if name.is_empty() || name.trim() != name {
+            return Err(SpecError::new(
+                field,
+                format!("{what} {name:?} must not be empty or start or end with whitespace"),
+            ));
+        }
+        if names[..index].contains(name) {
+            return Err(SpecError::new(field, format!("{what} {name:?} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+/// A provider Canopy can run machines on, as written in specs and stored on machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProviderName {
+    Aws,
+    Azure,
+    OpenStack,
+    BareMetal,
+}
+
+impl ProviderName {
+    pub const ALL: [ProviderName; 4] =
+        [ProviderName::Aws, ProviderName::Azure, ProviderName::OpenStack, ProviderName::BareMetal];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderName::Aws => "aws",
+            ProviderName::Azure => "azure",
+            ProviderName::OpenStack => "openstack",
+            ProviderName::BareMetal => "baremetal",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ProviderName> {
+        ProviderName::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProviderName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ProviderName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+// By hand rather than derived, so the error says what was written and what is allowed in the
+// spec's own words; serde_path_to_error adds the field (`placement.providers[1]`).
+impl<'de> Deserialize<'de> for ProviderName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        ProviderName::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!("unknown provider {name:?} (expected aws, azure, openstack or baremetal)"))
+        })
+    }
+}
+
 /// A spec that could not be accepted, with the dotted path of the offending field.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -221,6 +352,7 @@ impl AppSpec {
         if self.restart.backoff.0 == 0 || self.restart.max_backoff < self.restart.backoff {
             return Err(SpecError::new("restart.max_backoff", "must be at least restart.backoff, which must be > 0"));
         }
+        self.placement.validate()?;
         Ok(())
     }
 
@@ -364,6 +496,93 @@ interval = "1s"
         for (text, field) in cases {
             assert_eq!(AppSpec::from_toml(&text).unwrap_err().field, field, "{text}");
         }
+    }
+
+    const PLACED: &str = r#"
+[placement]
+providers = ["aws", "azure"]
+regions = ["eu-west-1", "westeurope"]
+zones = ["eu-west-1a"]
+labels = { residency = "eu", tier = "gold" }
+"#;
+
+    #[test]
+    fn placement_becomes_the_schedulers_constraints() {
+        let spec = AppSpec::from_toml(&format!("{HELLO}{PLACED}")).expect("valid spec");
+        assert_eq!(spec.placement.providers, vec![ProviderName::Aws, ProviderName::Azure]);
+        let constraints = spec.placement.constraints();
+        assert_eq!(constraints.providers, vec!["aws".to_string(), "azure".to_string()]);
+        assert_eq!(constraints.regions, vec!["eu-west-1".to_string(), "westeurope".to_string()]);
+        assert_eq!(constraints.zones, vec!["eu-west-1a".to_string()]);
+        assert_eq!(constraints.labels.get("residency").map(String::as_str), Some("eu"));
+        assert_eq!(constraints.arch, None);
+        let json = serde_json::to_vec(&spec).expect("serialize");
+        assert_eq!(AppSpec::from_json(&json), Ok(spec));
+    }
+
+    #[test]
+    fn no_placement_or_an_empty_one_means_anywhere_and_is_not_serialized() {
+        let absent = AppSpec::from_toml(HELLO).expect("valid spec");
+        let empty = AppSpec::from_toml(&format!("{HELLO}\n[placement]\nproviders = []\n")).expect("valid spec");
+        assert_eq!(absent, empty);
+        assert!(absent.placement.is_anywhere());
+        assert_eq!(absent.placement.constraints(), Constraints::default());
+        // The stored JSON of a spec without placement is unchanged, so redeploying it after an
+        // upgrade is not a new version, and versions stored before the field existed still load.
+        let json = serde_json::to_value(&absent).expect("serialize");
+        assert!(json.get("placement").is_none(), "{json}");
+        assert_eq!(AppSpec::from_json(json.to_string().as_bytes()), Ok(absent));
+    }
+
+    #[test]
+    fn placement_errors_name_the_field() {
+        let cases = [
+            (
+                r#"providers = ["aws", "gcp"]"#,
+                "placement.providers[1]",
+                r#"unknown provider "gcp" (expected aws, azure, openstack or baremetal)"#,
+            ),
+            (r#"providers = ["aws", "azure", "aws"]"#, "placement.providers[2]", r#"provider "aws" is listed twice"#),
+            (
+                r#"regions = ["us-east-1", "us-east-1"]"#,
+                "placement.regions[1]",
+                r#"region "us-east-1" is listed twice"#,
+            ),
+            (r#"regions = [""]"#, "placement.regions[0]", "must not be empty"),
+            (r#"zones = ["a", " b"]"#, "placement.zones[1]", "whitespace"),
+            (r#"labels = { "" = "x" }"#, "placement.labels.", "must not be empty"),
+            (r#"labels = { tier = 3 }"#, "placement.labels.tier", "invalid type"),
+            (r#"provider = ["aws"]"#, "placement.provider", "unknown field `provider`"),
+            (r#"providers = "aws""#, "placement.providers", "invalid type"),
+        ];
+        for (line, field, message) in cases {
+            let text = format!("{HELLO}\n[placement]\n{line}\n");
+            let error = AppSpec::from_toml(&text).unwrap_err();
+            assert_eq!(error.field, field, "{line}: {error}");
+            assert!(error.message.contains(message), "{line}: {error}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_provider_in_json_is_named_without_the_position() {
+        let json =
+            br#"{"name":"a","command":"x","resources":{"cpu":1,"memory":"8Mi"},"placement":{"providers":["gcp"]}}"#;
+        let error = AppSpec::from_json(json).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"placement.providers[0]: unknown provider "gcp" (expected aws, azure, openstack or baremetal)"#
+        );
+    }
+
+    #[test]
+    fn the_examples_commented_placement_is_valid_once_uncommented() {
+        let example = include_str!("../../examples/hello/app.toml");
+        assert!(AppSpec::from_toml(example).expect("the example as shipped").placement.is_anywhere());
+        let (before, table) = example.split_once("# [placement]").expect("the example documents [placement]");
+        let table: Vec<&str> = table.lines().map(|line| line.strip_prefix("# ").unwrap_or(line)).collect();
+        let spec = AppSpec::from_toml(&format!("{before}[placement]{}", table.join("\n"))).expect("uncommented");
+        assert_eq!(spec.placement.providers, vec![ProviderName::Aws, ProviderName::Azure]);
+        assert_eq!(spec.placement.labels.get("residency").map(String::as_str), Some("eu"));
     }
 
     #[test]

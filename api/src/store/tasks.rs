@@ -6,7 +6,7 @@ use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
 use canopy_core::schedule::{Catalog, Constraints, Policy, Quota, Snapshot, SpotPolicy, TaskAsk, schedule};
-use canopy_core::spec::AppSpec;
+use canopy_core::spec::{AppSpec, PlacementSpec};
 use canopy_core::task::TaskState;
 use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
 use serde::Serialize;
@@ -242,8 +242,10 @@ impl Store {
         quotas: &BTreeMap<String, Quota>,
     ) -> Result<PlacementOutcome> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(PlacementOutcome::default()) };
-        let pending: Vec<(Uuid, Uuid, i64, i64, bool)> = sqlx::query_as(
-            "SELECT t.id, t.app_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'interruptible')::boolean, false)
+        // `placement` is NULL for specs without one, including versions stored before it existed.
+        let pending: Vec<(Uuid, Uuid, i64, i64, bool, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'interruptible')::boolean, false),
+                    v.spec->'placement'
              FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
              WHERE t.state = 'pending' AND t.desired = 'run' ORDER BY t.created_at, t.id",
         )
@@ -263,17 +265,24 @@ impl Store {
         };
         let asks: Vec<TaskAsk> = pending
             .iter()
-            .map(|&(id, app_id, cpu, memory, interruptible)| TaskAsk {
-                id,
-                group: app_id.to_string(),
-                resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
-                priority: 0,
-                interruptible,
-                // Agents and sample apps are built for amd64; a spec field can lift this later.
-                constraints: Constraints { arch: Some("amd64".into()), ..Default::default() },
-                ..Default::default()
+            .map(|(id, app_id, cpu, memory, interruptible, placement)| {
+                let placement: PlacementSpec = match placement {
+                    Some(placement) => serde_json::from_value(placement.clone())
+                        .map_err(|e| StoreError::Corrupt(format!("app {app_id}: placement: {e}")))?,
+                    None => PlacementSpec::default(),
+                };
+                Ok(TaskAsk {
+                    id: *id,
+                    group: app_id.to_string(),
+                    resources: Resources::new((*cpu).max(0) as u64, (*memory).max(0) as u64),
+                    priority: 0,
+                    interruptible: *interruptible,
+                    // Agents and sample apps are built for amd64; a spec field can lift this later.
+                    constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
+                    ..Default::default()
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // A seed from the pending set: deterministic for the same state, different across
         // passes (machine ids the planner mints must not repeat).
         let seed = pending.iter().fold(PLACEMENT_SEED, |seed, (id, ..)| seed.rotate_left(7) ^ id.as_u128() as u64);
