@@ -57,6 +57,9 @@ impl Kind {
 #[derive(Clone, Debug, Deserialize)]
 pub struct EmulatedInstance {
     pub instance_id: String,
+    /// A name besides the id, where the emulator has one (Redfish systems).
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub region: String,
     /// `pending`, `running`, `stopping`, `stopped` or `terminated`.

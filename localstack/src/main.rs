@@ -102,7 +102,7 @@ impl LocalStack {
 }
 
 /// The emulated clouds the local stack runs.
-const CLOUDS: [Kind; 1] = [Kind::Aws];
+const CLOUDS: [Kind; 4] = Kind::ALL;
 
 /// What each emulated cloud holds in the demo.
 fn emulator_args(kind: Kind) -> Vec<String> {
@@ -175,7 +175,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         std::fs::remove_dir_all(&state_dir).with_context(|| format!("cleaning {}", state_dir.display()))?;
     }
     std::fs::create_dir_all(&state_dir)?;
-    println!("starting the emulated clouds (the first run installs moto into .canopy/venv-moto)...");
+    println!("starting the emulated clouds (the first run installs moto and sushy-tools into .canopy/)...");
     let stack = LocalStack::start(&repo, &binaries, &state_dir.join("localstack")).await?;
     let database = TempDatabase::create(server_url, "canopy_demo").await?.keep();
     let admin_token = random_token()?;
@@ -212,43 +212,23 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     let developer_token = developer["token"].as_str().context("no token")?.to_string();
     let config_path = write_cli_config(&control.url, &developer_token)?;
 
-    // The sample app's script ships in the repo; point its spec at this checkout's copy.
-    let spec = std::fs::read_to_string(repo.join("examples/hello/app.toml")).context("examples/hello/app.toml")?;
-    let spec_path = state_dir.join("hello.toml");
-    std::fs::write(
-        &spec_path,
-        spec.replace("\"examples/hello/hello.py\"", &format!("{:?}", repo.join("examples/hello/hello.py"))),
-    )?;
-    println!("deploying examples/hello: Canopy buys EC2 machines for it on the emulated cloud...");
-    let status = tokio::process::Command::new(&binaries.canopy)
-        .arg("deploy")
-        .arg(&spec_path)
-        .env("CANOPY_CONFIG", &config_path)
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("deploying the sample app failed; logs are in {}", state_dir.display());
-    }
-    let app = api.get("/v1/apps/hello?team=demo").await?;
-    let client = reqwest::Client::new();
-    for task in app["tasks"].as_array().into_iter().flatten().filter(|t| t["state"] == "running") {
-        let (Some(address), Some(port)) = (task["address"].as_str(), task["ports"]["http"].as_u64()) else { continue };
-        let url = format!("http://{address}:{port}/");
-        let started = Instant::now();
-        while !client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("{url} does not answer");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        println!("ready: {url}");
+    register_hosts(&api, &stack).await?;
+
+    // Six instances of hello: the two owned hosts and the two servers the private cloud's
+    // quota allows come first (already paid for), then the cheapest cloud machines. hello-eu
+    // may only run in westeurope, which only Azure sells here.
+    deploy(&binaries, &repo, &state_dir, &config_path, "hello", Some(6)).await?;
+    deploy(&binaries, &repo, &state_dir, &config_path, "hello-eu", None).await?;
+    for app in ["hello", "hello-eu"] {
+        print_ready(&api, app).await?;
     }
     println!("api: {}", control.url);
     println!();
     println!("The CLI is configured ({}) as a developer of team demo. Try:", config_path.display());
     println!("  target/debug/canopy status hello");
+    println!("  target/debug/canopy machines            # provider, region, offering and price of each");
     println!("  target/debug/canopy machines --output json");
-    println!("  target/debug/canopy scale hello 20     # beyond two machines' memory: Canopy buys more");
+    println!("  target/debug/canopy scale hello 8      # more than the pool holds: Canopy buys more");
     println!("  target/debug/canopy logs hello");
     for emulator in &stack.emulators {
         println!("Emulated {}: {}", emulator.kind.name(), emulator.url);
@@ -260,6 +240,90 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     println!("stopping...");
     control.stop(Duration::from_secs(5)).await;
     stack.stop().await;
+    Ok(())
+}
+
+/// Registers the emulated rack's hosts (powered off, behind a Redfish BMC) as owned capacity.
+async fn register_hosts(api: &Api, stack: &LocalStack) -> Result<()> {
+    let Some(redfish) = stack.emulators.iter().find(|e| e.kind == Kind::BareMetal) else { return Ok(()) };
+    for system in redfish.instances().await? {
+        let name = format!("rack1-{}", system.name.as_deref().unwrap_or(&system.instance_id));
+        api.post(
+            "/v1/hosts",
+            serde_json::json!({
+                "name": name,
+                "bmc_url": redfish.url,
+                "bmc_username": "admin",
+                "bmc_password": "password",
+                "system_id": system.instance_id,
+                "cpus": system.vcpus.unwrap_or(2),
+                "memory": format!("{}Mi", system.memory_mib.unwrap_or(4096)),
+                "labels": {"rack": "rack1"},
+            }),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deploys `examples/<app>/app.toml` with `canopy deploy`, pointing it at this checkout's
+/// copy of the sample app's script, and waits until it runs.
+async fn deploy(
+    binaries: &Binaries,
+    repo: &Path,
+    state_dir: &Path,
+    config_path: &Path,
+    app: &str,
+    instances: Option<u32>,
+) -> Result<()> {
+    let file = format!("examples/{app}/app.toml");
+    let mut spec = std::fs::read_to_string(repo.join(&file)).with_context(|| file.clone())?;
+    spec = spec.replace("\"examples/hello/hello.py\"", &format!("{:?}", repo.join("examples/hello/hello.py")));
+    if let Some(instances) = instances {
+        spec = spec
+            .lines()
+            .map(
+                |l| if l.starts_with("instances = ") { format!("instances = {instances}\n") } else { format!("{l}\n") },
+            )
+            .collect();
+    }
+    let spec_path = state_dir.join(format!("{app}.toml"));
+    std::fs::write(&spec_path, spec)?;
+    println!("deploying {file}...");
+    let status = tokio::process::Command::new(&binaries.canopy)
+        .arg("deploy")
+        .arg(&spec_path)
+        .env("CANOPY_CONFIG", config_path)
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("deploying {app} failed; logs are in {}", state_dir.display());
+    }
+    Ok(())
+}
+
+/// Prints `ready: <url>` for each running instance of `app` once it answers.
+async fn print_ready(api: &Api, app: &str) -> Result<()> {
+    let detail = api.get(&format!("/v1/apps/{app}?team=demo")).await?;
+    let machines = api.get("/v1/machines").await?;
+    let client = reqwest::Client::new();
+    for task in detail["tasks"].as_array().into_iter().flatten().filter(|t| t["state"] == "running") {
+        let (Some(address), Some(port)) = (task["address"].as_str(), task["ports"]["http"].as_u64()) else { continue };
+        let url = format!("http://{address}:{port}/");
+        let started = Instant::now();
+        while !client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{url} does not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let machine = machines.as_array().and_then(|m| m.iter().find(|m| m["name"] == task["machine"]));
+        println!("ready: {url}");
+        if let Some(m) = machine {
+            let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();
+            println!("       {app} on {} {} {}", field("provider"), field("region"), field("offering"));
+        }
+    }
     Ok(())
 }
 

@@ -40,7 +40,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     }
     let task_changes = store.reconcile_apps().await?;
     let (catalog, quotas) = match &config.provisioner {
-        Some(provisioner) => (provisioner.available_catalog(store).await?, provisioner.quotas().await),
+        Some(provisioner) => (provisioner.available_catalog(store).await?, provisioner.quotas(store).await?),
         None => (Arc::new(Catalog::default()), Default::default()),
     };
     let placement = store.place_pending(&catalog, &quotas).await?;

@@ -118,27 +118,37 @@ impl Provisioner {
         Ok(Arc::new(Catalog { offerings }))
     }
 
-    /// Each provider's quota, read at most every `QUOTA_MEMORY`; a provider that cannot be
-    /// asked keeps its last known quota.
-    pub async fn quotas(&self) -> BTreeMap<String, Quota> {
-        let mut cached = self.quotas.lock().await;
-        if let Some((read, quotas)) = cached.as_ref()
-            && read.elapsed() < QUOTA_MEMORY
-        {
-            return quotas.clone();
-        }
-        let mut quotas = cached.as_ref().map(|(_, q)| q.clone()).unwrap_or_default();
-        for provider in self.providers.values() {
-            match provider.quota().await {
-                Ok(Some(quota)) => {
-                    quotas.insert(provider.name().to_string(), quota);
+    /// Each provider's quota: the dynamic providers' (hosts) every time, the others' at most
+    /// every `QUOTA_MEMORY` (a provider that cannot be asked keeps its last known quota).
+    /// Quotas bound what Canopy provisions: the planner counts every machine of a provider
+    /// against its quota, so machines joined by hand are added on top.
+    pub async fn quotas(&self, store: &Store) -> Result<BTreeMap<String, Quota>> {
+        let mut quotas = {
+            let mut cached = self.quotas.lock().await;
+            let fresh = cached.as_ref().is_some_and(|(read, _)| read.elapsed() < QUOTA_MEMORY);
+            let mut quotas = cached.as_ref().map(|(_, q)| q.clone()).unwrap_or_default();
+            for provider in self.providers.values().filter(|p| !fresh || p.dynamic_offerings()) {
+                match provider.quota().await {
+                    Ok(Some(quota)) => {
+                        quotas.insert(provider.name().to_string(), quota);
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(provider = provider.name(), %error, "cannot read the quota"),
                 }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(provider = provider.name(), %error, "cannot read the quota"),
+            }
+            let read = match cached.as_ref() {
+                Some((read, _)) if fresh => *read,
+                _ => std::time::Instant::now(),
+            };
+            *cached = Some((read, quotas.clone()));
+            quotas
+        };
+        for (provider, joined) in store.hand_joined_machines().await? {
+            if let Some(max) = quotas.get_mut(&provider).and_then(|q| q.max_machines.as_mut()) {
+                *max = max.saturating_add(joined);
             }
         }
-        *cached = Some((std::time::Instant::now(), quotas.clone()));
-        quotas
+        Ok(quotas)
     }
 
     /// One pass: create requested machines, time out slow boots, drain idle machines,

@@ -158,6 +158,17 @@ impl Store {
         Ok(HeartbeatResponse { desired, heartbeat_interval_ms: interval_ms })
     }
 
+    /// Live machines joined by hand (not provisioned by Canopy), per provider.
+    pub async fn hand_joined_machines(&self) -> Result<Vec<(String, u32)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT provider, count(*) FROM machines
+             WHERE NOT provisioned AND state IN ('requested', 'booting', 'ready') GROUP BY provider",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(provider, n)| (provider, u32::try_from(n).unwrap_or(u32::MAX))).collect())
+    }
+
     pub async fn machines(&self) -> Result<Vec<MachineRow>> {
         Ok(sqlx::query_as::<_, MachineRow>(
             "SELECT m.id, m.name, m.provider, m.address, m.state, m.capacity_milli_cpu, m.capacity_memory,

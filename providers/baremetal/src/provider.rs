@@ -218,6 +218,15 @@ impl Provider for BareMetalProvider {
         true
     }
 
+    /// One machine per registered host, so one plan never asks for more hosts than exist.
+    async fn quota(&self) -> Result<Option<canopy_core::schedule::Quota>> {
+        let hosts = self.inventory.hosts().await?.len();
+        Ok(Some(canopy_core::schedule::Quota {
+            max_machines: Some(u32::try_from(hosts).unwrap_or(u32::MAX)),
+            max_milli_cpu: None,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(key = %request.idempotency_key, class = %request.instance_type, region = %request.region))]
     async fn create(&self, request: &CreateMachine) -> Result<ProviderMachine> {
         if request.spot {
