@@ -1,6 +1,7 @@
 //! The `canopy` command line: `serve` starts the control service; the rest are clients.
 
 mod client;
+mod hosts;
 mod providers;
 mod table;
 
@@ -87,6 +88,9 @@ enum Command {
     /// Teams (admin).
     #[command(subcommand)]
     Teams(TeamsCommand),
+    /// Bare-metal hosts Canopy powers on through their BMC when the pool needs them.
+    #[command(subcommand)]
+    Hosts(hosts::HostsCommand),
     /// Create an API token (admin); the secret is printed once.
     Token {
         name: String,
@@ -176,13 +180,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             let machines: Vec<MachineRow> = client.get("/v1/machines").await?;
             print(json, &machines, || {
                 let mut table = Table::new(&[
-                    "NAME", "PROVIDER", "STATE", "OFFERING", "ZONE", "$/HOUR", "ADDRESS", "CPU", "MEMORY", "TASKS",
-                    "CGROUP",
+                    "NAME", "PROVIDER", "REGION", "STATE", "OFFERING", "ZONE", "$/HOUR", "ADDRESS", "CPU", "MEMORY",
+                    "TASKS", "CGROUP",
                 ]);
                 for m in &machines {
                     table.row(vec![
                         m.name.clone(),
                         m.provider.clone(),
+                        m.region.clone(),
                         if m.state_reason.is_empty() {
                             m.state.clone()
                         } else {
@@ -242,6 +247,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let team: TeamRow = client.post("/v1/teams", &serde_json::json!({"name": name})).await?;
             print(json, &team, || format!("team {} created\n", team.name))
         }
+        Command::Hosts(command) => hosts::run(&client, command, json).await,
         Command::Token { name, role, team } => {
             let token: NewToken =
                 client.post("/v1/tokens", &serde_json::json!({"name": name, "role": role, "team": team})).await?;
