@@ -26,6 +26,9 @@ const AWS_TYPES: &str = include_str!("../../core/data/prices/aws.csv");
 
 struct Booted {
     slice: Slice,
+    /// The bootstrap it ran: a machine booted again with another one (a bare-metal host
+    /// re-provisioned between two syncs) is a new machine.
+    user_data: String,
 }
 
 pub struct Booter {
@@ -64,6 +67,14 @@ impl Booter {
                 .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
                 .collect();
             let running = instance.state == "running";
+            let booted_with = self.booted().get(&key).map(|b| b.user_data.clone());
+            if running && booted_with.as_ref().is_some_and(|u| *u != instance.user_data) {
+                let old = self.booted().remove(&key);
+                if let Some(machine) = old {
+                    tracing::info!(machine = %key, "booted again with another bootstrap: killing the old one");
+                    tokio::task::spawn_blocking(move || machine.slice.destroy()).await??;
+                }
+            }
             let known = self.booted().contains_key(&key);
             if running && !known && !instance.user_data.is_empty() {
                 match self.boot(&key, instance) {
@@ -111,7 +122,7 @@ impl Booter {
             .stdout(std::process::Stdio::from(log.try_clone()?))
             .stderr(std::process::Stdio::from(log));
         slice.spawn_agent(command)?;
-        Ok(Booted { slice })
+        Ok(Booted { slice, user_data: instance.user_data.clone() })
     }
 
     /// Kills every booted machine and removes their common parent cgroup. Synchronous, so it

@@ -307,7 +307,14 @@ async fn print_ready(api: &Api, app: &str) -> Result<()> {
     let detail = api.get(&format!("/v1/apps/{app}?team=demo")).await?;
     let machines = api.get("/v1/machines").await?;
     let client = reqwest::Client::new();
+    // One per instance: the running task on a machine that stays (a task being moved has a
+    // successor elsewhere).
+    let mut seen = std::collections::BTreeSet::new();
     for task in detail["tasks"].as_array().into_iter().flatten().filter(|t| t["state"] == "running") {
+        let machine = machines.as_array().and_then(|m| m.iter().find(|m| m["name"] == task["machine"]));
+        if machine.is_some_and(|m| m["state"] != "ready") || !seen.insert(task["instance"].to_string()) {
+            continue;
+        }
         let (Some(address), Some(port)) = (task["address"].as_str(), task["ports"]["http"].as_u64()) else { continue };
         let url = format!("http://{address}:{port}/");
         let started = Instant::now();
@@ -317,7 +324,6 @@ async fn print_ready(api: &Api, app: &str) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let machine = machines.as_array().and_then(|m| m.iter().find(|m| m["name"] == task["machine"]));
         println!("ready: {url}");
         if let Some(m) = machine {
             let field = |key: &str| m[key].as_str().unwrap_or_default().to_string();

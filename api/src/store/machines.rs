@@ -218,7 +218,8 @@ impl Store {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     ) -> Result<Vec<canopy_core::schedule::MachineView>> {
         let rows = sqlx::query_as::<_, SnapshotMachine>(
-            "SELECT id, state, provider, region, zone, offering, spot, price_micros, capacity_milli_cpu, capacity_memory, labels
+            "SELECT id, state, provider, region, zone, offering, spot, price_micros, sunk, capacity_milli_cpu,
+                    capacity_memory, labels
              FROM machines WHERE state IN ('requested', 'booting', 'ready') ORDER BY id FOR UPDATE",
         )
         .fetch_all(&mut **tx)
@@ -241,6 +242,7 @@ impl Store {
                 offering: m.offering,
                 spot: m.spot,
                 price: m.price_micros.max(0) as u64,
+                sunk: m.sunk,
                 state: if m.state == "ready" {
                     canopy_core::schedule::MachineState::Ready
                 } else {
@@ -271,6 +273,7 @@ struct SnapshotMachine {
     offering: String,
     spot: bool,
     price_micros: i64,
+    sunk: bool,
     capacity_milli_cpu: i64,
     capacity_memory: i64,
     labels: serde_json::Value,

@@ -2,10 +2,11 @@
 //! after each provider call so that a crash anywhere leaves something to reconcile.
 
 use super::machines::to_i64;
-use super::{Result, Store, record};
+use super::{Result, Store, StoreError, record};
 use crate::auth;
 use canopy_core::Resources;
 use canopy_core::schedule::{Constraints, Provision, RunningTask, Snapshot, Spread, TaskAsk};
+use canopy_core::spec::PlacementSpec;
 use sqlx::{Postgres, Transaction};
 use std::time::Duration;
 use uuid::Uuid;
@@ -56,8 +57,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
                                        capacity_memory, cgroup_version, state, region, zone, offering, spot, price_micros,
-                                       provisioned, last_heartbeat)
-                 VALUES ($1, $2, $3, '', '', '', $4, $5, 0, 'requested', $6, $7, $8, $9, $10, true, now())",
+                                       sunk, provisioned, last_heartbeat)
+                 VALUES ($1, $2, $3, '', '', '', $4, $5, 0, 'requested', $6, $7, $8, $9, $10, $11, true, now())",
             )
             .bind(id)
             .bind(&name)
@@ -69,6 +70,7 @@ impl Store {
             .bind(&provision.instance_type)
             .bind(provision.spot)
             .bind(to_i64(provision.price, "price")?)
+            .bind(provision.sunk)
             .execute(&mut **tx)
             .await?;
             sqlx::query(
@@ -196,8 +198,11 @@ impl Store {
             return Ok(None);
         }
         let machines = Self::ready_machines(&mut tx).await?;
-        let tasks: Vec<(Uuid, Uuid, Uuid, i64, i64)> = sqlx::query_as(
-            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory FROM tasks t JOIN machines m ON m.id = t.machine_id
+        // `placement` is NULL for specs without one: a task may only move where it may run.
+        let tasks: Vec<(Uuid, Uuid, Uuid, i64, i64, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory, v.spec->'placement'
+             FROM tasks t JOIN machines m ON m.id = t.machine_id
+                          JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
              WHERE t.state IN ('assigned', 'running') AND m.state = 'ready'",
         )
         .fetch_all(&mut *tx)
@@ -205,20 +210,27 @@ impl Store {
         tx.commit().await?;
         let running = tasks
             .into_iter()
-            .map(|(id, app, machine, cpu, memory)| RunningTask {
-                task: TaskAsk {
-                    id,
-                    group: app.to_string(),
-                    resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
-                    constraints: Constraints { arch: Some("amd64".into()), ..Default::default() },
-                    // Consolidation never puts two replicas of one app on one machine.
-                    spread: Spread { max_per_machine: 1, ..Default::default() },
-                    ..Default::default()
-                },
-                machine,
-                do_not_disrupt: false,
+            .map(|(id, app, machine, cpu, memory, placement)| {
+                let placement: PlacementSpec = match placement {
+                    Some(placement) => serde_json::from_value(placement)
+                        .map_err(|e| StoreError::Corrupt(format!("app {app}: placement: {e}")))?,
+                    None => PlacementSpec::default(),
+                };
+                Ok(RunningTask {
+                    task: TaskAsk {
+                        id,
+                        group: app.to_string(),
+                        resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
+                        constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
+                        // Consolidation never puts two replicas of one app on one machine.
+                        spread: Spread { max_per_machine: 1, ..Default::default() },
+                        ..Default::default()
+                    },
+                    machine,
+                    do_not_disrupt: false,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Some(Snapshot { machines, running, ..Default::default() }))
     }
 
