@@ -23,13 +23,14 @@
 //!   reqwest client with that root serves ARM, the credential (as its azure_core transport)
 //!   and the Retail Prices API.
 //!
-//! An operator sets: `CANOPY_AZURE_TENANT_ID`, `CANOPY_AZURE_CLIENT_ID`,
-//! `CANOPY_AZURE_CLIENT_SECRET`, `CANOPY_AZURE_SUBSCRIPTION_ID`, `CANOPY_AZURE_RESOURCE_GROUP`,
-//! `CANOPY_AZURE_REGIONS` (comma-separated), `CANOPY_AZURE_IMAGE` (a URN,
-//! `publisher:offer:sku:version`), `CANOPY_AZURE_SUBNET_ID`, `CANOPY_AZURE_ADMIN_USERNAME`,
-//! `CANOPY_AZURE_SSH_PUBLIC_KEY`, and only for the local stack `CANOPY_AZURE_MANAGEMENT_URL`,
-//! `CANOPY_AZURE_AUTHORITY_HOST`, `CANOPY_AZURE_RETAIL_PRICES_URL`, `CANOPY_AZURE_CA_CERT`
-//! (a PEM file).
+//! An operator sets (`canopy serve` maps these to `AzureConfig`; see
+//! api/src/cli/providers.rs) the service principal's usual variables `AZURE_TENANT_ID`,
+//! `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_SUBSCRIPTION_ID`, and
+//! `CANOPY_AZURE_REGIONS` (comma-separated; turns the provider on),
+//! `CANOPY_AZURE_RESOURCE_GROUP`, `CANOPY_AZURE_IMAGE` (a URN, `publisher:offer:sku:version`),
+//! `CANOPY_AZURE_SUBNET_ID`, `CANOPY_AZURE_ADMIN_USERNAME`, `CANOPY_AZURE_SSH_PUBLIC_KEY`, and
+//! only for the local stack `CANOPY_AZURE_ENDPOINT` (one URL for ARM, the authority and Retail
+//! Prices) and `CANOPY_AZURE_CA_CERT` (a PEM file).
 
 mod arm;
 mod model;

@@ -36,15 +36,12 @@
 //! What it deliberately is not: no Glance, Neutron or Cinder calls (the image and network are
 //! configured ids), no spot (`spot: true` is refused), one region per provider value.
 //!
-//! Operator configuration (the api crate maps these to `OpenStackConfig`):
-//! `CANOPY_OPENSTACK_AUTH_URL` (Keystone, e.g. `https://keystone.example:5000/v3`),
-//! `CANOPY_OPENSTACK_REGION` (default `RegionOne`), `CANOPY_OPENSTACK_IMAGE` (image id),
-//! `CANOPY_OPENSTACK_NETWORK` (network id; unset: Nova's `auto`),
-//! `CANOPY_OPENSTACK_COMPUTE_URL` (optional override of the catalog's compute endpoint), and
-//! either `CANOPY_OPENSTACK_APPLICATION_CREDENTIAL_ID` + `..._SECRET` (preferred: revocable,
-//! project-bound) or `CANOPY_OPENSTACK_USERNAME`, `CANOPY_OPENSTACK_PASSWORD`,
-//! `CANOPY_OPENSTACK_PROJECT`, `CANOPY_OPENSTACK_USER_DOMAIN` and
-//! `CANOPY_OPENSTACK_PROJECT_DOMAIN` (both default `Default`).
+//! Operator configuration (`canopy serve` maps these to `OpenStackConfig`; see
+//! api/src/cli/providers.rs): the usual openrc variables `OS_AUTH_URL` (turns the provider
+//! on), `OS_REGION_NAME`, and either `OS_APPLICATION_CREDENTIAL_ID` + `_SECRET` (preferred:
+//! revocable, project-bound) or `OS_USERNAME`, `OS_PASSWORD`, `OS_PROJECT_NAME`,
+//! `OS_USER_DOMAIN_NAME`, `OS_PROJECT_DOMAIN_NAME`; plus `CANOPY_OPENSTACK_IMAGE` (image id)
+//! and `CANOPY_OPENSTACK_NETWORK` (network id; unset: Nova's `auto`).
 
 mod client;
 mod server;
