@@ -16,6 +16,7 @@
 #    CANOPY_OPENSTACK_CONFORMANCE_* variables (the real-cloud test skips the fault checks);
 # 5. on exit, however it exits: stops every process it started (by PID) and drops the
 #    databases and the vhost. Logs stay in .canopy/openstack-real/logs.
+# With CANOPY_OPENSTACK_REAL_KEEP=1, compare.py (next to this) diffs the fake against it.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
