@@ -5,6 +5,8 @@
 //! I/O: no async runtime, no database, no HTTP, no clock and no random source. Time and seeds
 //! are parameters, so every decision is reproducible in tests and benchmarks.
 
+pub mod cron;
+pub mod dag;
 pub mod quantity;
 pub mod resources;
 pub mod schedule;
