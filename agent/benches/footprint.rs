@@ -120,6 +120,7 @@ fn sleeper() -> TaskAssignment {
         health: None,
         restart: RestartSpec::default(),
         stop_grace_ms: 1000,
+        logs: Default::default(),
     }
 }
 

@@ -88,6 +88,7 @@ fn assignment() -> TaskAssignment {
         health: None,
         restart: RestartSpec::default(),
         stop_grace_ms: 1000,
+        logs: Default::default(),
     }
 }
 

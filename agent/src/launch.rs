@@ -36,6 +36,17 @@ impl TaskPaths {
     pub fn log(&self, stream: &str) -> PathBuf {
         self.sandbox.join(format!("{stream}.log"))
     }
+
+    /// Both of the task's logs.
+    pub fn logs(&self) -> [PathBuf; 2] {
+        [self.log("stdout"), self.log("stderr")]
+    }
+
+    /// Present once the task has ended for good (not between restarts): log followers stop
+    /// there.
+    pub fn ended(&self) -> PathBuf {
+        self.sandbox.join("ended")
+    }
 }
 
 /// The environment a task sees: its spec's env, then what Canopy adds (which wins).
@@ -70,6 +81,11 @@ pub fn launch(
 ) -> Result<(tokio::process::Child, Cgroup), LaunchError> {
     let sandbox_err = |source| LaunchError::Sandbox { path: paths.sandbox.clone(), source };
     std::fs::create_dir_all(&paths.sandbox).map_err(sandbox_err)?;
+    // A task started again after an agent restart has not ended any more.
+    match std::fs::remove_file(paths.ended()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(sandbox_err(e)),
+        _ => {}
+    }
     let limits = Limits { resources: assignment.resources, pids: assignment.pids_limit };
     let cgroup = cgroups.create(&paths.cgroup, &limits)?;
     let open_log = |stream: &str| OpenOptions::new().create(true).append(true).open(paths.log(stream));

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod control;
 pub mod health;
 pub mod launch;
+pub mod logs;
 pub mod supervisor;
 
 use canopy_core::Resources;

@@ -9,6 +9,7 @@
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::health;
 use crate::launch::{self, TaskPaths};
+use crate::logs;
 use canopy_core::spec::RestartPolicy;
 use canopy_core::wire::{ExitStatus, RunState, TaskAssignment, TaskReport, Usage};
 use serde::{Deserialize, Serialize};
@@ -307,6 +308,7 @@ async fn run_task(
             exit = process.wait() => Outcome::Exited(exit),
             reason = watch_health(&ctx, &assignment, &ports, &status) => Outcome::Unhealthy(reason),
             _ = stopped(&mut stop) => Outcome::Stop,
+            never = logs::keep_rotating(paths.logs(), assignment.logs) => match never {},
         };
         let mut exit = match outcome {
             Outcome::Stop => {
@@ -436,7 +438,8 @@ async fn stop_gracefully(cgroup: &Cgroup, process: &mut Process, pid: Option<u32
     cgroup.signal_all(libc::SIGKILL);
 }
 
-/// Records the final state, removes the task's record and its (emptied) cgroup. Logs stay.
+/// Records the final state, removes the task's record and its (emptied) cgroup, and marks the
+/// task ended for log followers. Logs stay.
 async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, state: RunState, exit: Option<ExitStatus>) {
     for _ in 0..50 {
         if cgroup.pids().is_empty() {
@@ -449,6 +452,9 @@ async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, stat
         tracing::warn!(%error, "cannot remove task cgroup");
     }
     let _ = std::fs::remove_file(paths.sandbox.join("task.json"));
+    if let Err(error) = std::fs::write(paths.ended(), format!("{state:?}\n").to_lowercase()) {
+        tracing::warn!(path = %paths.ended().display(), %error, "cannot mark the task ended; log followers will not stop");
+    }
     let mut s = lock(status);
     s.state = state;
     s.pid = None;

@@ -36,6 +36,10 @@ pub struct AppSpec {
     /// Time between SIGTERM and SIGKILL when a task is stopped.
     #[serde(default = "default_stop_grace")]
     pub stop_grace: Millis,
+    /// How much of each task's output its machine keeps. Left out of the serialized form when
+    /// it is the default, for the same reason as `placement`.
+    #[serde(default, skip_serializing_if = "LogsSpec::is_default")]
+    pub logs: LogsSpec,
     /// The app tolerates losing an instance to a reclaimed machine, so Canopy may run it on
     /// spot capacity.
     #[serde(default)]
@@ -153,6 +157,44 @@ fn default_max_backoff() -> Millis {
 impl Default for RestartSpec {
     fn default() -> Self {
         RestartSpec { policy: RestartPolicy::Always, backoff: default_backoff(), max_backoff: default_max_backoff() }
+    }
+}
+
+/// The `[logs]` table: log retention per task and per stream. A task's `stdout.log` (and
+/// `stderr.log`) is rotated once it passes `max_size`, into `stdout.log.1` (the previous `.1`
+/// becoming `.2`, and so on), keeping at most `max_files` rotated files; older output is
+/// deleted, so a stream of a task takes at most about `max_size * (max_files + 1)` on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogsSpec {
+    pub max_size: Bytes,
+    pub max_files: u32,
+}
+
+/// The smallest `logs.max_size`: below this a task would be rotating all the time.
+pub const MIN_LOG_SIZE: u64 = 1 << 10;
+/// The most rotated files kept per stream.
+pub const MAX_LOG_FILES: u32 = 100;
+
+impl Default for LogsSpec {
+    fn default() -> Self {
+        LogsSpec { max_size: Bytes(10 << 20), max_files: 2 }
+    }
+}
+
+impl LogsSpec {
+    pub fn is_default(&self) -> bool {
+        *self == LogsSpec::default()
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.max_size.0 < MIN_LOG_SIZE {
+            return Err(SpecError::new("logs.max_size", format!("must be at least {}", Bytes(MIN_LOG_SIZE))));
+        }
+        if self.max_files > MAX_LOG_FILES {
+            return Err(SpecError::new("logs.max_files", format!("must be at most {MAX_LOG_FILES}")));
+        }
+        Ok(())
     }
 }
 
@@ -340,6 +382,7 @@ impl AppSpec {
         if self.resources.pids == 0 {
             return Err(SpecError::new("resources.pids", "must be at least 1"));
         }
+        self.logs.validate()?;
         for (index, port) in self.ports.iter().enumerate() {
             validate_name(&format!("ports[{index}]"), port)?;
             if self.ports[..index].contains(port) {
@@ -505,6 +548,27 @@ regions = ["eu-west-1", "westeurope"]
 zones = ["eu-west-1a"]
 labels = { residency = "eu", tier = "gold" }
 "#;
+
+    #[test]
+    fn logs_limits_default_parse_validate_and_stay_out_of_the_json_when_default() {
+        let spec = AppSpec::from_toml(HELLO).expect("hello");
+        assert_eq!(spec.logs, LogsSpec { max_size: Bytes(10 << 20), max_files: 2 });
+        assert!(serde_json::to_value(&spec).expect("json").get("logs").is_none());
+        let spec = AppSpec::from_toml(&format!("{HELLO}\n[logs]\nmax_size = \"64Ki\"\nmax_files = 0\n")).expect("logs");
+        assert_eq!(spec.logs, LogsSpec { max_size: Bytes(64 << 10), max_files: 0 });
+        let json = serde_json::to_vec(&spec).expect("json");
+        assert_eq!(AppSpec::from_json(&json).expect("round trip").logs, spec.logs);
+        for (table, field) in [
+            ("max_size = \"1000\"", "logs.max_size"),
+            ("max_size = \"lots\"", "logs.max_size"),
+            ("max_files = 101", "logs.max_files"),
+            ("max_files = -1", "logs.max_files"),
+            ("keep = 3", "logs.keep"),
+        ] {
+            let error = AppSpec::from_toml(&format!("{HELLO}\n[logs]\n{table}\n")).expect_err(table);
+            assert_eq!(error.field, field, "{table}: {error}");
+        }
+    }
 
     #[test]
     fn placement_becomes_the_schedulers_constraints() {

@@ -6,7 +6,7 @@
 //! `PROTOCOL_VERSION`; the control service refuses versions it does not speak.
 
 use crate::resources::Resources;
-use crate::spec::{HealthCheck, RestartSpec};
+use crate::spec::{HealthCheck, LogsSpec, RestartSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -67,6 +67,10 @@ pub struct TaskAssignment {
     pub health: Option<HealthCheck>,
     pub restart: RestartSpec,
     pub stop_grace_ms: u64,
+    /// Log retention. Added without a protocol version change: an older control service
+    /// leaves it out and the agent keeps the default limits; an older agent ignores it.
+    #[serde(default)]
+    pub logs: LogsSpec,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

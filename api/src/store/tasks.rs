@@ -349,5 +349,6 @@ fn assignment(task_id: Uuid, app: String, spec: AppSpec) -> TaskAssignment {
         health: spec.health,
         restart: spec.restart,
         stop_grace_ms: spec.stop_grace.0,
+        logs: spec.logs,
     }
 }
