@@ -49,6 +49,49 @@ pub struct AppSpec {
     /// field existed.
     #[serde(default, skip_serializing_if = "PlacementSpec::is_anywhere")]
     pub placement: PlacementSpec,
+    /// How a new version replaces the running one. Left out of the serialized form when it is
+    /// the default, for the same reason as `placement`.
+    #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
+    pub update: UpdateSpec,
+}
+
+/// A rolling update, as Kubernetes Deployments do it: new-version instances come up at most
+/// `max_surge` beyond the old ones, at most `max_unavailable` instances are down because of
+/// the update, and an old instance stops only once its successor is healthy. A new instance
+/// that is not healthy within `health_deadline` (or fails) fails the rollout, which is rolled
+/// back to the last version that was fully rolled out when `auto_rollback` is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateSpec {
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+    pub health_deadline: Millis,
+    pub auto_rollback: bool,
+}
+
+impl Default for UpdateSpec {
+    fn default() -> Self {
+        UpdateSpec { max_surge: 1, max_unavailable: 0, health_deadline: Millis::from_secs(120), auto_rollback: true }
+    }
+}
+
+impl UpdateSpec {
+    pub fn is_default(&self) -> bool {
+        *self == UpdateSpec::default()
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.max_surge == 0 && self.max_unavailable == 0 {
+            return Err(SpecError::new(
+                "update.max_surge",
+                "max_surge and max_unavailable cannot both be 0: the update could never make progress",
+            ));
+        }
+        if self.health_deadline.0 == 0 {
+            return Err(SpecError::new("update.health_deadline", "must be more than 0"));
+        }
+        Ok(())
+    }
 }
 
 fn default_instances() -> u32 {
@@ -396,6 +439,7 @@ impl AppSpec {
             return Err(SpecError::new("restart.max_backoff", "must be at least restart.backoff, which must be > 0"));
         }
         self.placement.validate()?;
+        self.update.validate()?;
         Ok(())
     }
 
@@ -655,5 +699,22 @@ labels = { residency = "eu", tier = "gold" }
         let mut json = serde_json::to_vec(&spec).expect("serialize");
         json.extend_from_slice(b" {}");
         assert!(AppSpec::from_json(&json).is_err());
+    }
+
+    #[test]
+    fn update_settings_parse_validate_and_stay_out_of_the_json_when_default() {
+        let spec = AppSpec::from_toml(HELLO).expect("hello");
+        assert_eq!(spec.update, UpdateSpec::default());
+        assert!(serde_json::to_value(&spec).expect("json").get("update").is_none());
+        let text = format!("{HELLO}\n[update]\nmax_surge = 2\nhealth_deadline = \"30s\"\nauto_rollback = false\n");
+        let spec = AppSpec::from_toml(&text).expect("update");
+        assert_eq!(spec.update.max_surge, 2);
+        assert_eq!(spec.update.max_unavailable, 0);
+        assert_eq!(spec.update.health_deadline, Millis::from_secs(30));
+        assert!(!spec.update.auto_rollback);
+        let stuck = format!("{HELLO}\n[update]\nmax_surge = 0\n");
+        assert_eq!(AppSpec::from_toml(&stuck).expect_err("stuck").field, "update.max_surge");
+        let unknown = format!("{HELLO}\n[update]\nsurge = 1\n");
+        assert_eq!(AppSpec::from_toml(&unknown).expect_err("unknown").field, "update.surge");
     }
 }

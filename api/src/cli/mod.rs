@@ -78,6 +78,12 @@ enum Command {
     },
     /// Set an app's number of instances.
     Scale { app: String, instances: u32 },
+    /// Go back to the last version fully rolled out (or the one before the current), or `--to`.
+    Rollback {
+        app: String,
+        #[arg(long)]
+        to: Option<i32>,
+    },
     /// Delete an app and stop its tasks.
     Delete { app: String },
     /// Recent events from the audit log.
@@ -213,6 +219,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             let text = client.get_text(&format!("/v1/apps/{app}/logs"), &query).await?;
             print!("{text}");
             Ok(())
+        }
+        Command::Rollback { app, to } => {
+            let detail: AppDetail =
+                client.post(&format!("/v1/apps/{app}/rollback"), &serde_json::json!({"to": to})).await?;
+            print(json, &detail, || format!("{app}: {}\n", detail.summary.rollout))
         }
         Command::Scale { app, instances } => {
             let detail: AppDetail =
@@ -378,6 +389,9 @@ async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout:
     let mut last_line = String::new();
     loop {
         let detail: AppDetail = client.get(&path).await?;
+        if detail.summary.version != version {
+            bail!("{}: {} (now at version {})", spec.name, detail.summary.rollout, detail.summary.version);
+        }
         let current: Vec<_> = detail.tasks.iter().filter(|t| t.version == version && t.desired == "run").collect();
         let healthy: Vec<_> = current
             .iter()
@@ -387,12 +401,14 @@ async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout:
                     && (t.healthy.is_some() || detail.spec.health.is_none())
             })
             .collect();
+        let old = detail.tasks.iter().filter(|t| t.version != version && t.state == "running").count();
         let line = format!(
-            "{}: {}/{} instances running and healthy, {} pending",
+            "{}: {}/{} instances running and healthy, {} pending{}",
             spec.name,
             healthy.len(),
             detail.summary.instances,
-            current.iter().filter(|t| matches!(t.state.as_str(), "pending" | "assigned")).count()
+            current.iter().filter(|t| matches!(t.state.as_str(), "pending" | "assigned")).count(),
+            if old > 0 { format!(", {old} of the previous version still serving") } else { String::new() }
         );
         if line != last_line && !json {
             println!("{line}");

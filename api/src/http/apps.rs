@@ -17,6 +17,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps", get(list))
         .route("/apps/{name}", get(show).put(deploy).delete(delete))
         .route("/apps/{name}/scale", post(scale))
+        .route("/apps/{name}/rollback", post(rollback))
         .route("/apps/{name}/logs", get(logs))
 }
 
@@ -99,6 +100,26 @@ async fn scale(
     caller.require(WRITERS, "scale apps")?;
     let scope = scope(&state, &caller, q.team.as_deref()).await?;
     Ok(Json(state.store.scale_app(&caller.actor(), scope, &name, request.instances).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The version to go back to; default the last one fully rolled out.
+    #[serde(default)]
+    to: Option<i32>,
+}
+
+async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+    Body(request): Body<RollbackRequest>,
+) -> Result<Json<AppDetail>, ApiError> {
+    caller.require(WRITERS, "roll back apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    Ok(Json(state.store.rollback_app(&caller.actor(), scope, &name, request.to).await?))
 }
 
 async fn delete(

@@ -16,6 +16,10 @@ pub struct AppSummary {
     pub instances: i32,
     pub running: i64,
     pub healthy: i64,
+    /// The version last fully rolled out; a failed rollout goes back to it.
+    pub stable_version: Option<i32>,
+    /// `progressing`, `complete`, or `rolled back from vN: <why>`.
+    pub rollout: String,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -56,7 +60,7 @@ const SUMMARY: &str = "SELECT a.id, t.name AS team, a.name, a.version, a.instanc
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running') AS running,
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running'
             AND k.healthy IS NOT FALSE) AS healthy,
-        a.updated_at
+        a.stable_version, a.rollout, a.updated_at
     FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.deleted_at IS NULL";
 
 impl Store {
@@ -77,25 +81,36 @@ impl Store {
         .await?;
         let (app_id, version, changed) = match current {
             Some((id, version, stored)) if stored == spec_json => (id, version, false),
-            Some((id, version, _)) => {
-                let version = version + 1;
-                sqlx::query("UPDATE apps SET version = $2, instances = $3, updated_at = now() WHERE id = $1")
+            Some((id, _, _)) => {
+                // After a rollback the current version is not the newest: number from the newest.
+                let newest: i32 = sqlx::query_scalar("SELECT max(version) FROM app_versions WHERE app_id = $1")
                     .bind(id)
-                    .bind(version)
-                    .bind(instances)
-                    .execute(&mut *tx)
+                    .fetch_one(&mut *tx)
                     .await?;
+                let version = newest + 1;
+                sqlx::query(
+                    "UPDATE apps SET version = $2, instances = $3, rollout = 'progressing', updated_at = now()
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(instances)
+                .execute(&mut *tx)
+                .await?;
                 (id, version, true)
             }
             None => {
                 let id = Uuid::new_v4();
-                sqlx::query("INSERT INTO apps (id, team_id, name, version, instances) VALUES ($1, $2, $3, 1, $4)")
-                    .bind(id)
-                    .bind(team)
-                    .bind(&spec.name)
-                    .bind(instances)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO apps (id, team_id, name, version, instances, rollout)
+                     VALUES ($1, $2, $3, 1, $4, 'progressing')",
+                )
+                .bind(id)
+                .bind(team)
+                .bind(&spec.name)
+                .bind(instances)
+                .execute(&mut *tx)
+                .await?;
                 (id, 1, true)
             }
         };
@@ -176,6 +191,46 @@ impl Store {
             .await?;
         let detail = serde_json::json!({"from": app.summary.instances, "to": instances});
         record(&mut tx, actor, "app.scaled", name, Some(team), detail).await?;
+        tx.commit().await?;
+        self.app(scope, name).await
+    }
+
+    /// Goes back to `to` (default: the last version fully rolled out, or when the current one
+    /// is that, the version before it). The old version's instances that still run are kept;
+    /// the others are replaced, as in any rollout.
+    pub async fn rollback_app(&self, actor: &str, scope: Scope, name: &str, to: Option<i32>) -> Result<AppDetail> {
+        let app = self.app(scope, name).await?;
+        let current = app.summary.version;
+        let target = match to {
+            Some(version) => version,
+            None => match app.summary.stable_version {
+                Some(stable) if stable != current => stable,
+                _ => current - 1,
+            },
+        };
+        if target == current {
+            return Err(StoreError::Invalid(format!("to: version {target} is already the current version")));
+        }
+        let mut tx = self.begin().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM app_versions WHERE app_id = $1 AND version = $2)")
+                .bind(app.summary.id)
+                .bind(target)
+                .fetch_one(&mut *tx)
+                .await?;
+        if !exists {
+            return Err(StoreError::Invalid(format!("to: app {name:?} has no version {target}")));
+        }
+        let team: Uuid = sqlx::query_scalar(
+            "UPDATE apps SET version = $2, rollout = $3, updated_at = now() WHERE id = $1 RETURNING team_id",
+        )
+        .bind(app.summary.id)
+        .bind(target)
+        .bind(format!("rolled back from v{current}: asked by {actor}"))
+        .fetch_one(&mut *tx)
+        .await?;
+        let detail = serde_json::json!({"from": current, "to": target, "reason": "asked"});
+        record(&mut tx, actor, "app.rolled_back", name, Some(team), detail).await?;
         tx.commit().await?;
         self.app(scope, name).await
     }

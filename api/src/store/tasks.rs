@@ -36,8 +36,10 @@ pub struct PlacementOutcome {
 #[derive(sqlx::FromRow)]
 struct LiveApp {
     id: Uuid,
+    team_id: Uuid,
     name: String,
     version: i32,
+    stable_version: Option<i32>,
     instances: i32,
     deleted: bool,
     spec: serde_json::Value,
@@ -54,6 +56,29 @@ struct SlotTask {
     healthy: Option<bool>,
     /// Its machine is draining (idle or consolidated away): it moves elsewhere.
     draining: bool,
+    /// Milliseconds since it was created.
+    age_ms: i64,
+    restarts: i32,
+    message: String,
+}
+
+impl SlotTask {
+    fn runs(&self) -> bool {
+        self.desired == "run"
+    }
+
+    /// Running and not known to be unhealthy: it serves (any version).
+    fn serving(&self) -> bool {
+        self.runs() && self.state == "running" && self.healthy != Some(false)
+    }
+
+    /// Running, and healthy when its spec has a health check: it may replace another.
+    fn ready(&self, health_checked: bool) -> bool {
+        self.runs()
+            && !self.draining
+            && self.state == "running"
+            && if health_checked { self.healthy == Some(true) } else { self.healthy != Some(false) }
+    }
 }
 
 impl Store {
@@ -145,7 +170,8 @@ impl Store {
     pub async fn reconcile_apps(&self) -> Result<usize> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
         let apps = sqlx::query_as::<_, LiveApp>(
-            "SELECT a.id, a.name, a.version, a.instances, a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
+            "SELECT a.id, a.team_id, a.name, a.version, a.stable_version, a.instances,
+                    a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
              JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
              WHERE a.deleted_at IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.app_id = a.id AND t.state = 'pending')",
         )
@@ -153,7 +179,8 @@ impl Store {
         .await?;
         let tasks = sqlx::query_as::<_, SlotTask>(
             "SELECT t.id, t.app_id, t.version, t.instance, t.state, t.desired, t.healthy,
-                    COALESCE(m.state = 'draining', false) AS draining
+                    COALESCE(m.state = 'draining', false) AS draining,
+                    (EXTRACT(EPOCH FROM now() - t.created_at) * 1000)::bigint AS age_ms, t.restarts, t.message
              FROM tasks t LEFT JOIN machines m ON m.id = t.machine_id
              WHERE t.state NOT IN ('lost', 'stopped') AND t.app_id = ANY($1)",
         )
@@ -161,30 +188,92 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         let mut changes = 0;
-        for LiveApp { id: app_id, name, version, instances, deleted, spec } in apps {
+        for app in apps {
+            let LiveApp { id: app_id, ref name, version, stable_version, instances, deleted, .. } = app;
             let spec: AppSpec =
-                serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+                serde_json::from_value(app.spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
             let wanted = if deleted { 0 } else { instances };
             let mine: Vec<&SlotTask> = tasks.iter().filter(|t| t.app_id == app_id).collect();
-            let mut to_stop = Vec::new();
-            let mut current_ready = HashSet::new();
-            for task in &mine {
-                let state = TaskState::parse(&task.state).unwrap_or(TaskState::Failed);
-                if task.version == version
-                    && task.desired == "run"
-                    && !task.draining
-                    && state == TaskState::Running
-                    && task.healthy != Some(false)
+            let checked = spec.health.is_some();
+            let update = spec.update;
+            let rolling = !deleted && stable_version.is_some_and(|stable| stable != version);
+
+            // A rollout fails when a new instance fails, turns unhealthy, or is not ready in
+            // time; it then goes back to the last version that was fully rolled out, whose
+            // instances are still there (an old instance stops only once its successor is ready).
+            if rolling
+                && update.auto_rollback
+                && let Some(stable) = stable_version
+                && let Some((task, why)) = mine.iter().filter(|t| t.version == version && t.runs()).find_map(|t| {
+                    let why = if matches!(t.state.as_str(), "failed" | "exited") {
+                        format!("{} (it ended)", t.state)
+                    } else if t.healthy == Some(false) {
+                        "failed its health checks".to_string()
+                    } else if t.restarts > 0 {
+                        let last = if t.message.is_empty() { String::new() } else { format!(": {}", t.message) };
+                        format!("was restarted {} times{last}", t.restarts)
+                    } else if !t.ready(checked) && t.age_ms > update.health_deadline.0 as i64 {
+                        format!("was not ready within {}", update.health_deadline)
+                    } else {
+                        return None;
+                    };
+                    Some((t, why))
+                })
+            {
+                let reason = format!("rolled back from v{version}: instance {} {why}", task.instance);
+                tracing::warn!(app = %name, from = version, to = stable, %reason, "rollout failed");
+                sqlx::query("UPDATE apps SET version = $2, rollout = $3, updated_at = now() WHERE id = $1")
+                    .bind(app_id)
+                    .bind(stable)
+                    .bind(&reason)
+                    .execute(&mut *tx)
+                    .await?;
+                let detail = serde_json::json!({"from": version, "to": stable, "reason": reason});
+                record(&mut tx, "system", "app.rolled_back", name, Some(app.team_id), detail).await?;
+                changes += 1;
+                continue;
+            }
+
+            let current = |instance: i32| {
+                mine.iter().find(|t| t.version == version && t.instance == instance && t.runs() && !t.draining)
+            };
+            // What the rollout already spends: slots where a new instance is coming up while the
+            // old one still serves (surge), or while none serves (unavailable).
+            let (mut surge, mut unavailable) = (0u32, 0u32);
+            for instance in 0..wanted {
+                if let Some(new) = current(instance)
+                    && !new.ready(checked)
                 {
-                    current_ready.insert(task.instance);
+                    let old_serves = mine.iter().any(|t| t.instance == instance && t.id != new.id && t.serving());
+                    if old_serves { surge += 1 } else { unavailable += 1 }
                 }
             }
+            let mut to_stop = Vec::new();
             for instance in 0..wanted {
-                // A task on a draining machine does not fill its slot: it gets a successor.
-                let filled = mine
-                    .iter()
-                    .any(|t| t.version == version && t.instance == instance && t.desired == "run" && !t.draining);
-                if !filled {
+                if current(instance).is_some() {
+                    continue;
+                }
+                // The slot's other instance: an old version's, or one on a draining machine.
+                let old = mine.iter().find(|t| t.instance == instance && t.runs());
+                let start = match old {
+                    // A new slot, a lost instance, a move off a draining machine, or an old
+                    // instance that serves nobody: no availability to protect.
+                    None => true,
+                    Some(old) if old.version == version || !old.serving() => true,
+                    Some(old) => {
+                        if surge < update.max_surge {
+                            surge += 1;
+                            true
+                        } else if unavailable < update.max_unavailable {
+                            unavailable += 1;
+                            to_stop.push(old.id);
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                };
+                if start {
                     sqlx::query(
                         "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
                          VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
@@ -200,15 +289,17 @@ impl Store {
                     changes += 1;
                 }
             }
+            let ready: HashSet<i32> =
+                mine.iter().filter(|t| t.version == version && t.ready(checked)).map(|t| t.instance).collect();
             for task in &mine {
-                if task.desired != "run" {
+                if !task.runs() || to_stop.contains(&task.id) {
                     continue;
                 }
                 let surplus = task.instance >= wanted;
                 // Replace an old version's instance, or one on a draining machine, only once its
                 // successor runs and is healthy, so an app never loses all of its instances to
                 // an update or a consolidation.
-                let superseded = (task.version != version || task.draining) && current_ready.contains(&task.instance);
+                let superseded = (task.version != version || task.draining) && ready.contains(&task.instance);
                 let stale_pending = task.version != version && task.state == "pending";
                 if surplus || superseded || stale_pending {
                     to_stop.push(task.id);
@@ -220,6 +311,15 @@ impl Store {
                     .bind(&to_stop)
                     .execute(&mut *tx)
                     .await?;
+            }
+            // Every slot runs a ready instance of this version: the rollout is complete.
+            if !deleted && stable_version != Some(version) && (0..wanted).all(|i| ready.contains(&i)) {
+                sqlx::query("UPDATE apps SET stable_version = $2, rollout = 'complete' WHERE id = $1")
+                    .bind(app_id)
+                    .bind(version)
+                    .execute(&mut *tx)
+                    .await?;
+                changes += 1;
             }
         }
         // Pending tasks nobody wants any more never ran: they are simply stopped.

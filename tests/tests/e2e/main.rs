@@ -7,3 +7,4 @@ mod failure;
 mod pool;
 mod provisioning;
 mod restart;
+mod rollout;
