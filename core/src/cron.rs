@@ -530,3 +530,457 @@ pub fn decide_start(policy: ConcurrencyPolicy, previous_active: bool) -> StartDe
         (ConcurrencyPolicy::Replace, true) => StartDecision::StopPreviousThenStart,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveTime, Timelike, Weekday};
+    use proptest::prelude::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn sched(expr: &str, tz: &str) -> Schedule {
+        Schedule::parse(expr, Some(tz)).unwrap()
+    }
+
+    fn fires(s: &Schedule, after: &str, n: usize) -> Vec<String> {
+        s.instants_after(utc(after)).take(n).map(|t| t.to_rfc3339()).collect()
+    }
+
+    fn err(expr: &str) -> String {
+        Schedule::parse(expr, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn cron_parse_errors_name_the_field_and_token() {
+        assert_eq!(err("0 25 * * *"), "cron field 2 (hour): 25 is out of range 0-23");
+        assert_eq!(err("60 * * * *"), "cron field 1 (minute): 60 is out of range 0-59");
+        assert_eq!(err("0 0 0 * *"), "cron field 3 (day-of-month): 0 is out of range 1-31");
+        assert_eq!(err("0 0 * 1-13 *"), "cron field 4 (month): 13 is out of range 1-12");
+        assert_eq!(err("0 0 * * 8"), "cron field 5 (day-of-week): 8 is out of range 0-7");
+        assert_eq!(err("0 0 * FOO *"), r#"cron field 4 (month): "FOO" is not a number or a month name (JAN-DEC)"#);
+        assert_eq!(
+            err("0 0 * * MON-FUN"),
+            r#"cron field 5 (day-of-week): "MON-FUN" is not a number or a day name (SUN-SAT)"#
+        );
+        assert_eq!(err("*/0 * * * *"), r#"cron field 1 (minute): step in "*/0" must be at least 1"#);
+        assert_eq!(err("*/x * * * *"), r#"cron field 1 (minute): "*/x" is not a number"#);
+        assert_eq!(err("0 5-2 * * *"), r#"cron field 2 (hour): range "5-2" starts after it ends"#);
+        assert_eq!(err("0 0,,1 * * *"), r#"cron field 2 (hour): "" is not a number"#);
+        assert_eq!(
+            err("* * * *"),
+            r#"cron expression "* * * *" has 4 fields; expected 5 (minute hour day-of-month month day-of-week) or a macro such as @daily"#
+        );
+        assert_eq!(
+            err("@reboot"),
+            r#"unknown cron macro "@reboot"; expected @yearly, @annually, @monthly, @weekly, @daily, @midnight or @hourly"#
+        );
+        assert_eq!(
+            Schedule::parse("@daily", Some("Mars/Olympus")).unwrap_err().to_string(),
+            r#"unknown time zone "Mars/Olympus"; expected an IANA name such as Europe/Berlin or UTC"#
+        );
+        assert_eq!(
+            err("0 0 30 2 *"),
+            r#"cron expression "0 0 30 2 *" never fires: none of its days of the month occur in its months"#
+        );
+        assert_eq!(
+            err("0 0 31 APR,JUN,SEP,NOV *"),
+            r#"cron expression "0 0 31 APR,JUN,SEP,NOV *" never fires: none of its days of the month occur in its months"#
+        );
+    }
+
+    #[test]
+    fn cron_parse_good_expressions() {
+        // Both restricted: the OR rule makes February 30 harmless.
+        Schedule::parse("0 0 30 2 MON", None).unwrap();
+        let s = Schedule::parse(" 1-10/3,20,*/25  0  * jan-Mar mon-fri ", None).unwrap();
+        assert_eq!((0..60).filter(|m| s.minutes & (1 << m) != 0).collect::<Vec<_>>(), vec![0, 1, 4, 7, 10, 20, 25, 50]);
+        assert_eq!(s.months, 0b1110);
+        assert_eq!(s.days_of_week, 0b0111110);
+        assert_eq!(s.time_zone(), chrono_tz::UTC);
+        // `a/step` runs from a to the end of the range.
+        let s = Schedule::parse("5/20 * * * *", None).unwrap();
+        assert_eq!(s.minutes, 1 << 5 | 1 << 25 | 1 << 45);
+        // 0 and 7 are both Sunday; `5-7` wraps to Friday, Saturday, Sunday.
+        for sunday in ["0 0 * * 0", "0 0 * * 7", "0 0 * * SUN", "0 0 * * sun"] {
+            assert_eq!(Schedule::parse(sunday, None).unwrap().days_of_week, 1);
+        }
+        assert_eq!(Schedule::parse("0 0 * * 5-7", None).unwrap().days_of_week, 0b1100001);
+        let berlin = sched("@daily", "Europe/Berlin");
+        assert_eq!(berlin.to_string(), "@daily (Europe/Berlin)");
+        assert_eq!(berlin.expression(), "@daily");
+    }
+
+    #[test]
+    fn cron_macros_expand() {
+        let cases = [
+            ("@yearly", "0 0 1 1 *"),
+            ("@annually", "0 0 1 1 *"),
+            ("@monthly", "0 0 1 * *"),
+            ("@weekly", "0 0 * * 0"),
+            ("@daily", "0 0 * * *"),
+            ("@midnight", "0 0 * * *"),
+            ("@hourly", "0 * * * *"),
+        ];
+        for (mac, expr) in cases {
+            let (a, b) = (sched(mac, "UTC"), sched(expr, "UTC"));
+            assert_eq!(fires(&a, "2026-05-17T10:20:00Z", 5), fires(&b, "2026-05-17T10:20:00Z", 5), "{mac}");
+        }
+    }
+
+    #[test]
+    fn cron_next_after_plain_cases() {
+        let s = sched("*/15 * * * *", "UTC");
+        assert_eq!(s.next_after(utc("2026-05-17T10:07:00Z")), Some(utc("2026-05-17T10:15:00Z")));
+        // Strictly after: an instant exactly on the schedule moves to the next one.
+        assert_eq!(s.next_after(utc("2026-05-17T10:15:00Z")), Some(utc("2026-05-17T10:30:00Z")));
+        assert_eq!(s.next_after(utc("2026-05-17T10:14:59.999Z")), Some(utc("2026-05-17T10:15:00Z")));
+        // Weekdays at 09:00 from a Friday afternoon: Monday.
+        let s = sched("0 9 * * MON-FRI", "UTC");
+        assert_eq!(fires(&s, "2026-05-15T10:00:00Z", 2), ["2026-05-18T09:00:00+00:00", "2026-05-19T09:00:00+00:00"]);
+        // Year rollover.
+        let s = sched("@yearly", "UTC");
+        assert_eq!(s.next_after(utc("2026-12-31T23:59:59Z")), Some(utc("2027-01-01T00:00:00Z")));
+        // In a zone: 09:00 Berlin is 07:00 UTC in summer, 08:00 in winter.
+        let s = sched("0 9 * * *", "Europe/Berlin");
+        assert_eq!(s.next_after(utc("2026-07-01T00:00:00Z")), Some(utc("2026-07-01T07:00:00Z")));
+        assert_eq!(s.next_after(utc("2026-01-01T00:00:00Z")), Some(utc("2026-01-01T08:00:00Z")));
+    }
+
+    #[test]
+    fn cron_month_and_day_edges() {
+        // February 29 comes every four years, but not in 2100.
+        let s = sched("0 0 29 2 *", "UTC");
+        assert_eq!(s.next_after(utc("2025-01-01T00:00:00Z")), Some(utc("2028-02-29T00:00:00Z")));
+        assert_eq!(s.next_after(utc("2096-03-01T00:00:00Z")), Some(utc("2104-02-29T00:00:00Z")));
+        // The 31st skips the months that have no 31st.
+        let s = sched("0 12 31 * *", "UTC");
+        assert_eq!(
+            fires(&s, "2026-04-01T00:00:00Z", 3),
+            ["2026-05-31T12:00:00+00:00", "2026-07-31T12:00:00+00:00", "2026-08-31T12:00:00+00:00"]
+        );
+        // Feb 29 on a Monday, with the AND rule (`*/28` starts with `*`): 1st or 29th, Monday.
+        let s = sched("0 0 */28 2 MON", "UTC");
+        assert_eq!(
+            fires(&s, "2026-01-01T00:00:00Z", 4),
+            [
+                "2027-02-01T00:00:00+00:00",
+                "2038-02-01T00:00:00+00:00",
+                "2044-02-01T00:00:00+00:00",
+                "2044-02-29T00:00:00+00:00"
+            ]
+        );
+    }
+
+    #[test]
+    fn cron_vixie_day_rule() {
+        let year = |s: &Schedule| -> Vec<NaiveDate> {
+            s.instants_after(utc("2025-12-31T23:59:00Z"))
+                .take_while(|t| t.year() == 2026)
+                .map(|t| t.date_naive())
+                .collect()
+        };
+        let days = |keep: &dyn Fn(NaiveDate) -> bool| -> Vec<NaiveDate> {
+            NaiveDate::from_ymd_opt(2026, 1, 1)
+                .unwrap()
+                .iter_days()
+                .take_while(|d| d.year() == 2026)
+                .filter(|d| keep(*d))
+                .collect()
+        };
+        // Both restricted: the 13th OR a Friday.
+        assert_eq!(year(&sched("0 0 13 * FRI", "UTC")), days(&|d| d.day() == 13 || d.weekday() == Weekday::Fri));
+        // Day-of-month `*`: only Fridays.
+        assert_eq!(year(&sched("0 0 * * FRI", "UTC")), days(&|d| d.weekday() == Weekday::Fri));
+        // Day-of-week `*`: only the 13th.
+        assert_eq!(year(&sched("0 0 13 * *", "UTC")), days(&|d| d.day() == 13));
+        // A field starting with `*` is "unrestricted" to crontab(5): odd days AND Fridays.
+        assert_eq!(year(&sched("0 0 */2 * FRI", "UTC")), days(&|d| d.day() % 2 == 1 && d.weekday() == Weekday::Fri));
+    }
+
+    #[test]
+    fn cron_spring_gap_fires_once_at_the_end_of_the_gap() {
+        // Europe/Berlin, 2026-03-29: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
+        let s = sched("30 2 * * *", "Europe/Berlin");
+        assert_eq!(
+            fires(&s, "2026-03-28T00:00:00Z", 3),
+            [
+                "2026-03-28T01:30:00+00:00", // 02:30 CET
+                "2026-03-29T01:00:00+00:00", // 02:30 does not exist: 03:00 CEST
+                "2026-03-30T00:30:00+00:00", // 02:30 CEST again
+            ]
+        );
+        // America/New_York, 2026-03-08: 02:00 EST jumps to 03:00 EDT (07:00 UTC).
+        let s = sched("30 2 * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-03-07T00:00:00Z", 3),
+            ["2026-03-07T07:30:00+00:00", "2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00",]
+        );
+        // Several gap times, and the end of the gap itself, still fire once.
+        let s = sched("0,30 2,3 * * *", "Europe/Berlin");
+        assert_eq!(
+            fires(&s, "2026-03-28T23:00:00Z", 3),
+            [
+                "2026-03-29T01:00:00+00:00", // 02:00, 02:30 and 03:00 CEST
+                "2026-03-29T01:30:00+00:00", // 03:30 CEST
+                "2026-03-30T00:00:00+00:00", // 02:00 CEST the next day
+            ]
+        );
+        // Schedules outside the gap are untouched.
+        let s = sched("30 4 * * *", "Europe/Berlin");
+        assert_eq!(s.next_after(utc("2026-03-28T23:00:00Z")), Some(utc("2026-03-29T02:30:00Z")));
+    }
+
+    #[test]
+    fn cron_autumn_repeat_fires_once_at_the_first_occurrence() {
+        // America/New_York, 2026-11-01: 02:00 EDT falls back to 01:00 EST; 01:30 happens at
+        // 05:30 UTC (EDT) and again at 06:30 UTC (EST).
+        let s = sched("30 1 * * *", "America/New_York");
+        assert_eq!(
+            fires(&s, "2026-10-31T00:00:00Z", 3),
+            ["2026-10-31T05:30:00+00:00", "2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00",]
+        );
+        // Asking from between the two occurrences does not find the second one.
+        assert_eq!(s.next_after(utc("2026-11-01T05:30:00Z")), Some(utc("2026-11-02T06:30:00Z")));
+        // Europe/Berlin, 2026-10-25: 03:00 CEST falls back to 02:00 CET.
+        let s = sched("30 2 * * *", "Europe/Berlin");
+        assert_eq!(fires(&s, "2026-10-24T12:00:00Z", 2), ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]);
+        // A fixed hour with a minute wildcard runs that hour once, not twice.
+        let s = sched("*/15 1 * * *", "America/New_York");
+        let day: Vec<_> =
+            s.instants_after(utc("2026-11-01T04:00:00Z")).take_while(|t| *t < utc("2026-11-01T12:00:00Z")).collect();
+        assert_eq!(day.len(), 4);
+        assert_eq!(day[0], utc("2026-11-01T05:00:00Z"));
+    }
+
+    /// Fires of `s` in `[from, until)`.
+    fn between(s: &Schedule, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        s.instants_after(from - Duration::nanoseconds(1)).take_while(|t| *t < until).collect()
+    }
+
+    fn local_midnight(tz: Tz, date: &str) -> DateTime<Utc> {
+        let date: NaiveDate = date.parse().unwrap();
+        tz.from_local_datetime(&date.and_time(NaiveTime::MIN)).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn cron_every_quarter_hour_follows_real_time_through_transitions() {
+        for (tz_name, spring, autumn, normal) in [
+            ("Europe/Berlin", "2026-03-29", "2026-10-25", "2026-06-01"),
+            ("America/New_York", "2026-03-08", "2026-11-01", "2026-06-01"),
+        ] {
+            let s = sched("*/15 * * * *", tz_name);
+            let tz = s.time_zone();
+            // A local calendar day: 23 real hours in spring, 25 in autumn.
+            for (date, next, expected) in [(normal, "2026-06-02", 96), (spring, "", 92), (autumn, "", 100)] {
+                let start = local_midnight(tz, date);
+                let end = if next.is_empty() {
+                    local_midnight(tz, &(date.parse::<NaiveDate>().unwrap().succ_opt().unwrap()).to_string())
+                } else {
+                    local_midnight(tz, next)
+                };
+                let got = between(&s, start, end);
+                assert_eq!(got.len(), expected, "{tz_name} {date}");
+            }
+            // Any 24 real hours across a transition: 96 fires, each 15 real minutes apart.
+            for date in [spring, autumn] {
+                let start = local_midnight(tz, date) + Duration::hours(-6);
+                let got = between(&s, start, start + Duration::hours(24));
+                assert_eq!(got.len(), 96, "{tz_name} 24h from {start}");
+                assert!(got.windows(2).all(|w| w[1] - w[0] == Duration::minutes(15)), "{tz_name} {date}: {got:?}");
+            }
+        }
+        // Hourly: 25 fires on New York's fall-back day, 23 on the spring-forward day.
+        let s = sched("0 * * * *", "America/New_York");
+        let tz = s.time_zone();
+        let count = |a: &str, b: &str| between(&s, local_midnight(tz, a), local_midnight(tz, b)).len();
+        assert_eq!(count("2026-11-01", "2026-11-02"), 25);
+        assert_eq!(count("2026-03-08", "2026-03-09"), 23);
+        // 30 minutes past every hour: 02:30 is simply absent in the gap, no 03:00 fire.
+        let s = sched("30 * * * *", "Europe/Berlin");
+        assert_eq!(fires(&s, "2026-03-29T00:00:00Z", 2), ["2026-03-29T00:30:00+00:00", "2026-03-29T01:30:00+00:00"]);
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        utc(&format!("2026-05-17T{s}Z"))
+    }
+
+    #[test]
+    fn cron_due_after_downtime() {
+        let hourly = sched("0 * * * *", "UTC");
+        let created = utc("2026-01-01T00:00:00Z");
+        let last = Some(at("10:00:00"));
+        let now = at("13:20:00");
+
+        let due = hourly.due(last, now, MissedRunPolicy::skip(), created);
+        assert_eq!(due.run, None);
+        assert_eq!(due.skipped, [at("11:00:00"), at("12:00:00"), at("13:00:00")]);
+        assert!(!due.more_skipped);
+        assert_eq!(due.handled_through, Some(at("13:00:00")));
+        assert_eq!(due.next, Some(at("14:00:00")));
+
+        let due = hourly.due(last, now, MissedRunPolicy::run_once(None), created);
+        assert_eq!(due.run, Some(at("13:00:00")));
+        assert_eq!(due.skipped, [at("11:00:00"), at("12:00:00")]);
+        assert_eq!(due.handled_through, Some(at("13:00:00")));
+
+        // Within the starting deadline it runs; beyond it, it is skipped.
+        let within = MissedRunPolicy::run_once(Some(Duration::minutes(30)));
+        assert_eq!(hourly.due(last, now, within, created).run, Some(at("13:00:00")));
+        let beyond = MissedRunPolicy::run_once(Some(Duration::minutes(10)));
+        let due = hourly.due(last, now, beyond, created);
+        assert_eq!(due.run, None);
+        assert_eq!(due.skipped.len(), 3);
+
+        // On time (within the grace), Skip runs it too.
+        let due = hourly.due(last, at("11:00:30"), MissedRunPolicy::skip(), created);
+        assert_eq!(due.run, Some(at("11:00:00")));
+        assert!(due.skipped.is_empty());
+        // A deadline shorter than the grace wins.
+        let strict = MissedRunPolicy { starting_deadline: Some(Duration::seconds(10)), ..MissedRunPolicy::skip() };
+        assert_eq!(hourly.due(last, at("11:00:30"), strict, created).run, None);
+
+        // Nothing due yet.
+        let due = hourly.due(last, at("10:59:59"), MissedRunPolicy::skip(), created);
+        assert_eq!(due.run, None);
+        assert_eq!(due.handled_through, None);
+        assert_eq!(due.next, Some(at("11:00:00")));
+    }
+
+    #[test]
+    fn cron_due_never_before_creation() {
+        let hourly = sched("0 * * * *", "UTC");
+        let due = hourly.due(None, at("13:00:10"), MissedRunPolicy::run_once(None), at("12:30:00"));
+        assert_eq!(due.run, Some(at("13:00:00")));
+        assert!(due.skipped.is_empty());
+        // Created exactly on an instant: that instant is not run.
+        let due = hourly.due(None, at("12:00:10"), MissedRunPolicy::run_once(None), at("12:00:00"));
+        assert_eq!(due.run, None);
+        assert_eq!(due.next, Some(at("13:00:00")));
+    }
+
+    #[test]
+    fn cron_due_bounds_the_work_after_long_downtime() {
+        let minutely = sched("* * * * *", "UTC");
+        let due = minutely.due(
+            Some(utc("2025-05-17T00:00:00Z")),
+            at("12:00:30"),
+            MissedRunPolicy::run_once(None),
+            utc("2020-01-01T00:00:00Z"),
+        );
+        assert_eq!(due.run, Some(at("12:00:00")));
+        assert_eq!(due.skipped.len(), MAX_REPORTED_SKIPS);
+        assert_eq!(due.skipped[0], utc("2025-05-17T00:01:00Z"));
+        assert!(due.more_skipped);
+        assert_eq!(due.handled_through, Some(at("12:00:00")));
+    }
+
+    #[test]
+    fn cron_due_runs_every_instant_once_when_polled() {
+        // Poll every 7 seconds for two days, each poll twice, feeding back handled_through:
+        // the runs are exactly the schedule's instants, each once.
+        let s = sched("*/5 1,2 * * *", "America/New_York");
+        let created = utc("2026-10-31T00:00:00Z");
+        let mut last = None;
+        let mut runs = Vec::new();
+        let mut now = created;
+        while now < utc("2026-11-02T12:00:00Z") {
+            for _ in 0..2 {
+                let due = s.due(last, now, MissedRunPolicy::skip(), created);
+                assert!(due.skipped.is_empty(), "nothing is missed when polling: {due:?}");
+                runs.extend(due.run);
+                last = due.handled_through.or(last);
+            }
+            now += Duration::seconds(7);
+        }
+        let expected = between(&s, created, now);
+        assert_eq!(runs, expected);
+        // 24 a day in hours 1 and 2, fall-back day included (01:xx once), over three days.
+        assert_eq!(runs.len(), 3 * 24);
+    }
+
+    #[test]
+    fn cron_concurrency_decisions() {
+        use ConcurrencyPolicy::*;
+        use StartDecision::*;
+        assert_eq!(decide_start(Allow, false), Start);
+        assert_eq!(decide_start(Allow, true), Start);
+        assert_eq!(decide_start(Forbid, false), Start);
+        assert_eq!(decide_start(Forbid, true), SkipPreviousActive);
+        assert_eq!(decide_start(Replace, false), Start);
+        assert_eq!(decide_start(Replace, true), StopPreviousThenStart);
+    }
+
+    /// Brute force in UTC: every minute, checked field by field.
+    fn brute_next(s: &Schedule, after: DateTime<Utc>, limit_days: i64) -> Option<DateTime<Utc>> {
+        let mut t = after.with_second(0).unwrap().with_nanosecond(0).unwrap() + Duration::minutes(1);
+        let end = after + Duration::days(limit_days);
+        while t < end {
+            let date = t.date_naive();
+            if s.minutes & (1 << t.minute()) != 0 && s.hours & (1 << t.hour()) != 0 && s.day_matches(date) {
+                return Some(t);
+            }
+            t += Duration::minutes(1);
+        }
+        None
+    }
+
+    fn field(values: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop::sample::select(values).prop_map(str::to_string)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn cron_next_after_matches_brute_force_in_utc(
+            minute in field(&["*", "0", "*/7", "5,35", "10-20/5", "59"]),
+            hour in field(&["*", "0", "*/5", "9-17", "23", "3,4"]),
+            dom in field(&["*", "1", "15", "31", "*/10", "28-31"]),
+            month in field(&["*", "2", "1-6", "*/3", "DEC"]),
+            dow in field(&["*", "0", "MON-FRI", "6,7", "*/2"]),
+            offset_minutes in 0i64..(366 * 24 * 60),
+            seconds in 0u32..60,
+        ) {
+            let expr = format!("{minute} {hour} {dom} {month} {dow}");
+            let Ok(s) = Schedule::parse(&expr, None) else { return Ok(()) };
+            let after = utc("2026-01-01T00:00:00Z") + Duration::minutes(offset_minutes) + Duration::seconds(seconds as i64);
+            if let Some(expected) = brute_next(&s, after, 400) {
+                prop_assert_eq!(s.next_after(after), Some(expected), "{}", expr);
+            }
+        }
+
+        #[test]
+        fn cron_due_never_runs_an_instant_twice(
+            polls in proptest::collection::vec((0i64..(3 * 24 * 60), any::<bool>()), 1..60),
+            run_once in any::<bool>(),
+            tz in field(&["UTC", "Europe/Berlin", "America/New_York"]),
+        ) {
+            // Polls at random times, possibly out of order (a clock that steps back), across
+            // the 2026 autumn transitions in Berlin and New York.
+            let s = Schedule::parse("*/20 0-3 * * *", Some(&tz)).unwrap();
+            let created = utc("2026-10-24T00:00:00Z");
+            let policy = if run_once { MissedRunPolicy::run_once(None) } else { MissedRunPolicy::skip() };
+            let mut last: Option<DateTime<Utc>> = None;
+            let mut runs = Vec::new();
+            for (minute, _) in &polls {
+                let now = created + Duration::minutes(*minute);
+                let due = s.due(last, now, policy, created);
+                if let Some(run) = due.run {
+                    prop_assert!(run <= now && run > created);
+                    prop_assert!(last.is_none_or(|l| run > l));
+                    runs.push(run);
+                }
+                if let Some(h) = due.handled_through {
+                    prop_assert!(last.is_none_or(|l| h > l));
+                    last = Some(h);
+                }
+            }
+            let mut sorted = runs.clone();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), runs.len());
+        }
+    }
+}
