@@ -17,10 +17,19 @@ What is modelled, and how it follows real Nova (see the README for the full list
     host), then BUILD/`spawning` for the build time, then ACTIVE; capacity faults, AZ outages
     and quota are decided where real Nova decides them (scheduler -> ERROR "No valid host was
     found...", API -> 403 "Quota exceeded for instances...");
-  * servers count against quota until deleted, ERROR ones included;
+  * a DELETE of a placed server leaves it visible for a moment (its status, task_state
+    `deleting`) before it is 404, as Nova's compute host takes a moment to destroy it; an
+    unplaced one (still scheduling, or ERROR with no valid host) is deleted at once, as Nova
+    deletes it locally in the API;
+  * servers count against quota until deleted, ERROR and deleting ones included;
+  * a call without a valid token is refused by the auth middleware (keystonemiddleware's
+    401 body and WWW-Authenticate), before Nova parses the microversion;
   * unknown list filters are ignored (as Nova does for non-admin users), `name` is a regex;
   * microversions 2.1 ... MAX_MICROVERSION; a few responses change shape with the version
-    (2.47 embeds the flavor in a server, 2.37 requires `networks` on create, 2.75 `swap`: 0).
+    (2.47 embeds the flavor in a server, 2.37 requires `networks` on create, 2.39 drops
+    `maxImageMeta` from /limits, 2.75 `swap`: 0). The max stays 2.96: 2.98 (image properties
+    in a server), 2.100 (scheduler_hints) and 2.102 (flavor fields removed, unknown query
+    parameters refused) change shapes the fake does not model.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 log = logging.getLogger("canopy_openstack")
 
 MIN_MICROVERSION = (2, 1)
-MAX_MICROVERSION = (2, 96)
+MAX_MICROVERSION = (2, 96)  # Nova 34 has 2.104; see the module docstring for why not here
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 HOST_FAILURE = "Instance failed: the compute host went down (injected by /_canopy/faults/fail)"
 MAX_LIMIT = 1000  # Nova's [api]max_limit default
@@ -134,6 +143,7 @@ class Cloud:
         self.max_ram = args.max_ram
         self.schedule_seconds = args.schedule_seconds
         self.default_build_seconds = args.build_seconds
+        self.delete_seconds = args.delete_seconds
         self.servers: dict[str, dict[str, Any]] = {}
         self.ips = itertools.count(10)
         self.flavors = [
@@ -159,6 +169,11 @@ class Cloud:
 
     # ---- server lifecycle ----
     def refresh(self, s: dict[str, Any], now: float) -> None:
+        if s["delete_at"] is not None:
+            # Being deleted: frozen as it was, until the compute host is done with it.
+            if now >= s["delete_at"]:
+                s["deleted"] = True
+            return
         if s["status"] != "BUILD":
             return
         if now < s["scheduled_at"]:
@@ -169,10 +184,13 @@ class Cloud:
         if s["task_state"] == "scheduling":
             s["task_state"] = "spawning"
             s["updated"] = s["scheduled_at"]
-            s["addresses"] = s["planned_addresses"]
+            s["placed"] = True
         if now >= s["active_at"]:
+            # The port's address shows in the server once the build is done (Nova's network
+            # info cache); until then `addresses` is {}.
             s.update(status="ACTIVE", vm_state="active", task_state=None, power_state=1,
-                     updated=s["active_at"], launched_at=s["active_at"], progress=0)
+                     updated=s["active_at"], launched_at=s["active_at"], progress=0,
+                     addresses=s["planned_addresses"])
 
     def set_error(self, s: dict[str, Any], message: str, when: float) -> None:
         s.update(status="ERROR", vm_state="error", task_state=None, power_state=0, updated=when)
@@ -180,6 +198,21 @@ class Cloud:
         if message == NO_VALID_HOST:
             s["fault"]["details"] = "Traceback: nova.exception.NoValidHost (fake)"
             s["zone"] = s["requested_zone"] or ""
+
+    def delete(self, s: dict[str, Any], now: float) -> None:
+        """DELETE /servers/{id}: a placed server is `deleting` (its status kept) for
+        `delete_seconds`, then gone; an unplaced one is gone at once (Nova's local delete)."""
+        self.refresh(s, now)
+        if s["delete_at"] is not None:
+            return  # already being deleted: Nova accepts the DELETE again
+        s["deleted_at"] = time.time()
+        s["updated"] = s["deleted_at"]
+        if not s["placed"] or self.delete_seconds <= 0:
+            s["delete_at"] = now
+            s["deleted"] = True
+        else:
+            s["delete_at"] = now + self.delete_seconds
+            s["task_state"] = "deleting"
 
     def live(self, now: float) -> list[dict[str, Any]]:
         out = []
@@ -330,7 +363,7 @@ def server_view(cloud: Cloud, base: str, s: dict[str, Any], mv: tuple[int, int])
         flavor = {"id": f["id"], "links": [{"rel": "bookmark", "href": f"{base}/compute/flavors/{f['id']}"}]}
     view: dict[str, Any] = {
         "id": s["id"], "name": s["name"], "status": s["status"], "tenant_id": cloud.project["id"],
-        "user_id": cloud.user["id"], "metadata": dict(s["metadata"]), "hostId": s["host_id"] if s["task_state"] != "scheduling" else "",
+        "user_id": cloud.user["id"], "metadata": dict(s["metadata"]), "hostId": s["host_id"] if s["placed"] else "",
         "image": {"id": s["image"], "links": [{"rel": "bookmark", "href": f"{base}/compute/images/{s['image']}"}]},
         "flavor": flavor, "created": iso(s["created"]), "updated": iso(s["updated"]),
         "addresses": s["addresses"], "accessIPv4": "", "accessIPv6": "",
@@ -383,23 +416,37 @@ def validate_create(cloud: Cloud, body: Any, mv: tuple[int, int]) -> dict[str, A
     metadata = server.get("metadata", {})
     if not isinstance(metadata, dict):
         raise bad("metadata. Value: %r. %r is not of type 'object'" % (metadata, metadata))
+    # Nova's JSON schema: patternProperties (values) are checked before additionalProperties
+    # (keys); the messages are jsonschema's, wrapped as Nova wraps them.
     for k, v in metadata.items():
         if not METADATA_KEY.match(k):
-            raise bad(f"metadata. Value: {k!r}. Additional properties are not allowed ('{k}' was unexpected)")
-        if not isinstance(v, str) or len(v) > 255:
-            raise bad(f"metadata/{k}. Value: {v!r}. metadata values must be strings of at most 255 characters")
+            continue
+        if not isinstance(v, str):
+            raise bad(f"{k}. Value: {v}. {v!r} is not of type 'string'")
+        if len(v) > 255:
+            raise bad(f"{k}. Value: {v}. {v!r} is too long")
+    wrong = sorted(k for k in metadata if not METADATA_KEY.match(k))
+    if wrong:
+        raise bad("metadata. Value: %r. %s %s not match any of the regexes: '%s'"
+                  % (metadata, ", ".join(map(repr, wrong)), "does" if len(wrong) == 1 else "do", METADATA_KEY.pattern))
     if len(metadata) > 128:
         raise ApiError(403, "Quota exceeded for metadata_items: Requested %d, but already used 0 of 128 "
                             "metadata_items" % len(metadata))
     user_data = server.get("user_data")
     decoded = ""
     if user_data is not None:
-        if not isinstance(user_data, str) or len(user_data) > 65535:
-            raise bad("user_data. Value: ... is not a base64 string of at most 65535 characters")
+        if not isinstance(user_data, str):
+            raise bad(f"user_data. Value: {user_data}. {user_data!r} is not of type 'string'")
+        if len(user_data) > 65535:
+            raise bad(f"user_data. Value: {user_data}. {user_data!r} is too long")
+        # Nova's 'base64' format check is oslo's decode_as_bytes, i.e. base64.b64decode
+        # without validate=True: characters outside the alphabet are dropped, and only bad
+        # padding or length is refused ("%%%" passes and decodes to nothing). Nova stores
+        # user_data as sent; the metadata service decodes it the same lenient way.
         try:
-            decoded = base64.b64decode(user_data, validate=True).decode("utf-8", errors="replace")
+            decoded = base64.b64decode(user_data).decode("utf-8", errors="replace")
         except (binascii.Error, ValueError):
-            raise bad("user_data. Value: %s. 'user_data' is not a 'base64'" % user_data[:40]) from None
+            raise bad(f"user_data. Value: {user_data}. {user_data!r} is not a 'base64'") from None
     zone = server.get("availability_zone")
     if zone is not None:
         if not isinstance(zone, str) or zone.split(":")[0] not in cloud.zones:
@@ -475,7 +522,8 @@ def create_server(cloud: Cloud, spec: dict[str, Any]) -> dict[str, Any]:
             "metadata": spec["metadata"], "user_data": spec["user_data"], "requested_zone": zone, "zone": chosen,
             "status": "BUILD", "vm_state": "building", "task_state": "scheduling", "power_state": 0,
             "created": wall, "updated": wall, "scheduled_at": now + schedule, "active_at": now + cloud.build_seconds,
-            "fate": fate, "addresses": {}, "planned_addresses": addresses, "deleted": False, "order": len(cloud.servers),
+            "fate": fate, "addresses": {}, "planned_addresses": addresses, "placed": False, "delete_at": None,
+            "deleted": False, "order": len(cloud.servers),
             "host_id": secrets.token_hex(28),
         }
         cloud.servers[server_id] = s
@@ -614,6 +662,9 @@ class Handler(BaseHTTPRequestHandler):
         if not path.startswith("/v2.1/"):
             raise ApiError(404, "Not Found")
         path = path[len("/v2.1"):]
+        # keystonemiddleware sits in front of Nova: no valid token is its 401 (Keystone's
+        # error body, WWW-Authenticate, no microversion headers), whatever the version asked.
+        record = self.token(KeystoneError)
         mv = parse_microversion(self.headers)
         version = "%d.%d" % mv
         headers = {"OpenStack-API-Version": f"compute {version}", "X-OpenStack-Nova-API-Version": version,
@@ -623,7 +674,6 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith(f"/{pid}/") or path == f"/{pid}":
             path = path[len(pid) + 1:] or "/"
         try:
-            record = self.token()
             if record["project"] is None:
                 raise ApiError(403, "Policy doesn't allow this operation: the token is not scoped to a project.")
             with cloud.lock:
@@ -661,9 +711,8 @@ class Handler(BaseHTTPRequestHandler):
                 if method == "GET":
                     return 200, {"server": server_view(cloud, base, s, mv)}
                 if method == "DELETE":
-                    s["deleted"] = True
-                    s["deleted_at"] = time.time()
-                    log.info("server deleted id=%s", s["id"])
+                    cloud.delete(s, now)
+                    log.info("server deleted id=%s (%s)", s["id"], "gone" if s["deleted"] else "deleting")
                     return 204, None
             raise ApiError(405, "The method specified is not allowed for this resource.")
         if path in ("/flavors", "/flavors/detail") and method == "GET":
@@ -682,11 +731,13 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/limits" and method == "GET":
             with cloud.lock:
                 count, cores, ram = cloud.usage(now)
-                absolute = {"maxServerMeta": 128, "maxImageMeta": 128, "maxTotalKeypairs": 100,
+                absolute = {"maxServerMeta": 128, "maxTotalKeypairs": 100,
                             "maxServerGroups": 10, "maxServerGroupMembers": 10, "maxTotalCores": cloud.max_cores,
                             "maxTotalInstances": cloud.max_instances, "maxTotalRAMSize": cloud.max_ram,
                             "totalCoresUsed": cores, "totalInstancesUsed": count, "totalRAMUsed": ram,
                             "totalServerGroupsUsed": 0}
+                if mv < (2, 39):
+                    absolute["maxImageMeta"] = 128  # the image-metadata proxy went at 2.39
                 if mv < (2, 57):
                     absolute.update(maxPersonality=5, maxPersonalitySize=10240)
                 if mv < (2, 36):
@@ -803,9 +854,10 @@ class Handler(BaseHTTPRequestHandler):
                 if not isinstance(sid, str) or not sid:
                     raise ControlError(400, "instance_id: expected a server id")
                 s = cloud.servers.get(sid)
-                if s is None or s["deleted"]:
-                    raise ControlError(404, f"instance_id: no server {sid}")
-                cloud.refresh(s, time.monotonic())
+                if s is not None:
+                    cloud.refresh(s, time.monotonic())
+                if s is None or s["delete_at"] is not None:
+                    raise ControlError(404, f"instance_id: no server {sid} (or it is being deleted)")
                 if s["status"] == "ERROR":
                     raise ControlError(409, f"instance_id: server {sid} is already ERROR")
                 cloud.set_error(s, HOST_FAILURE, time.time())
@@ -852,7 +904,8 @@ class Handler(BaseHTTPRequestHandler):
                 cloud.refresh(s, now)
                 out.append({
                     "instance_id": s["id"], "region": cloud.region,
-                    "state": "terminated" if s["deleted"] else states.get(s["status"], "running"),
+                    "state": "terminated" if s["deleted"] else "stopping" if s["delete_at"] is not None
+                    else states.get(s["status"], "running"),
                     "instance_type": s["flavor"]["name"], "availability_zone": s["zone"],
                     "user_data": s["user_data"], "spot": False, "vcpus": s["flavor"]["vcpus"],
                     "memory_mib": s["flavor"]["ram"],
@@ -871,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-ram", type=int, default=51200, help="quota: RAM MiB (Nova's default 51200)")
     parser.add_argument("--build-seconds", type=float, default=0.3, help="BUILD -> ACTIVE time")
     parser.add_argument("--schedule-seconds", type=float, default=0.05, help="time in task_state scheduling")
+    parser.add_argument("--delete-seconds", type=float, default=0.3,
+                        help="time a deleted server stays visible with task_state deleting (0: gone at once)")
     parser.add_argument("--username", default="canopy")
     parser.add_argument("--password", default="canopy-secret")
     parser.add_argument("--project", default="canopy")
