@@ -53,6 +53,83 @@ pub struct AppSpec {
     /// the default, for the same reason as `placement`.
     #[serde(default, skip_serializing_if = "UpdateSpec::is_default")]
     pub update: UpdateSpec,
+    /// Scale on CPU utilization between `min` and `max`; `instances` is then only the count to
+    /// start with. Left out of the serialized form when absent, for the same reason as
+    /// `placement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+}
+
+/// The `[autoscale]` table: Kubernetes' HorizontalPodAutoscaler on CPU. The control service
+/// averages each running instance's CPU use over `window`, as a percentage of the instance's
+/// `resources.cpu`, and moves the instance count towards `current * utilization / target_cpu`
+/// (ignoring changes within 10% of the target), always within `min..=max`.
+///
+/// `target_cpu` is at most 100: the agent caps a task's CPU at its request (CFS quota), so a
+/// utilization above 100% is never observed and a higher target could never scale up.
+/// Scale-downs wait until `cooldown` has passed since the last change and go only as low as
+/// the highest count wanted during that time, so a short lull does not remove instances;
+/// scale-ups do not wait for the cooldown but happen at most every few seconds, and at most
+/// double the count (or add 4) at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscaleSpec {
+    pub min: u32,
+    pub max: u32,
+    /// Percent of `resources.cpu` each instance should use on average, 1 to 100.
+    pub target_cpu: u32,
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Millis,
+    /// How far back CPU use is averaged.
+    #[serde(default = "default_window")]
+    pub window: Millis,
+}
+
+/// The shortest `autoscale.window`: agents report CPU use about once a second, and a rate
+/// needs at least two reports.
+pub const MIN_AUTOSCALE_WINDOW: Millis = Millis(2000);
+/// The longest `autoscale.window` and `autoscale.cooldown`.
+pub const MAX_AUTOSCALE_PERIOD: Millis = Millis(3_600_000);
+
+fn default_cooldown() -> Millis {
+    Millis::from_secs(30)
+}
+
+fn default_window() -> Millis {
+    Millis::from_secs(10)
+}
+
+impl AutoscaleSpec {
+    /// `instances` brought within `min..=max`.
+    pub fn clamp(&self, instances: u32) -> u32 {
+        instances.clamp(self.min, self.max.max(self.min))
+    }
+
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.min == 0 {
+            return Err(SpecError::new("autoscale.min", "must be at least 1"));
+        }
+        if self.max < self.min {
+            return Err(SpecError::new("autoscale.max", format!("must be at least autoscale.min ({})", self.min)));
+        }
+        if self.max > MAX_INSTANCES {
+            return Err(SpecError::new("autoscale.max", format!("must be at most {MAX_INSTANCES}")));
+        }
+        if !(1..=100).contains(&self.target_cpu) {
+            return Err(SpecError::new(
+                "autoscale.target_cpu",
+                "must be 1 to 100 (percent of resources.cpu, which is also the most a task can use)",
+            ));
+        }
+        if self.cooldown > MAX_AUTOSCALE_PERIOD {
+            return Err(SpecError::new("autoscale.cooldown", format!("must be at most {MAX_AUTOSCALE_PERIOD}")));
+        }
+        if self.window < MIN_AUTOSCALE_WINDOW || self.window > MAX_AUTOSCALE_PERIOD {
+            let message = format!("must be between {MIN_AUTOSCALE_WINDOW} and {MAX_AUTOSCALE_PERIOD}");
+            return Err(SpecError::new("autoscale.window", message));
+        }
+        Ok(())
+    }
 }
 
 /// A rolling update, as Kubernetes Deployments do it: new-version instances come up at most
@@ -440,6 +517,9 @@ impl AppSpec {
         }
         self.placement.validate()?;
         self.update.validate()?;
+        if let Some(autoscale) = &self.autoscale {
+            autoscale.validate()?;
+        }
         Ok(())
     }
 
@@ -716,5 +796,52 @@ labels = { residency = "eu", tier = "gold" }
         assert_eq!(AppSpec::from_toml(&stuck).expect_err("stuck").field, "update.max_surge");
         let unknown = format!("{HELLO}\n[update]\nsurge = 1\n");
         assert_eq!(AppSpec::from_toml(&unknown).expect_err("unknown").field, "update.surge");
+    }
+    #[test]
+    fn autoscale_parses_with_defaults_validates_and_stays_out_of_the_json_when_absent() {
+        let spec = AppSpec::from_toml(HELLO).expect("hello");
+        assert_eq!(spec.autoscale, None);
+        assert!(serde_json::to_value(&spec).expect("json").get("autoscale").is_none());
+        let text = format!("{HELLO}\n[autoscale]\nmin = 2\nmax = 5\ntarget_cpu = 60\n");
+        let spec = AppSpec::from_toml(&text).expect("autoscale");
+        let autoscale = spec.autoscale.expect("autoscale");
+        assert_eq!(
+            autoscale,
+            AutoscaleSpec {
+                min: 2,
+                max: 5,
+                target_cpu: 60,
+                cooldown: Millis::from_secs(30),
+                window: Millis::from_secs(10)
+            }
+        );
+        assert_eq!((autoscale.clamp(0), autoscale.clamp(3), autoscale.clamp(9)), (2, 3, 5));
+        let json = serde_json::to_vec(&spec).expect("json");
+        assert_eq!(AppSpec::from_json(&json), Ok(spec));
+        let text =
+            format!("{HELLO}\n[autoscale]\nmin = 1\nmax = 1\ntarget_cpu = 100\ncooldown = \"0s\"\nwindow = \"2s\"\n");
+        assert!(AppSpec::from_toml(&text).is_ok(), "the extremes are allowed");
+    }
+
+    #[test]
+    fn autoscale_errors_name_the_field() {
+        let cases = [
+            ("min = 0\nmax = 3\ntarget_cpu = 50", "autoscale.min", "at least 1"),
+            ("min = 3\nmax = 2\ntarget_cpu = 50", "autoscale.max", "at least autoscale.min (3)"),
+            ("min = 1\nmax = 1001\ntarget_cpu = 50", "autoscale.max", "at most 1000"),
+            ("min = 1\nmax = 3\ntarget_cpu = 0", "autoscale.target_cpu", "1 to 100"),
+            ("min = 1\nmax = 3\ntarget_cpu = 150", "autoscale.target_cpu", "1 to 100"),
+            ("min = 1\nmax = 3\ntarget_cpu = 50\ncooldown = \"2h\"", "autoscale.cooldown", "at most 3600s"),
+            ("min = 1\nmax = 3\ntarget_cpu = 50\ncooldown = \"soon\"", "autoscale.cooldown", "duration"),
+            ("min = 1\nmax = 3\ntarget_cpu = 50\nwindow = \"1s\"", "autoscale.window", "between 2s and"),
+            ("min = 1\nmax = 3", "autoscale", "missing field `target_cpu`"),
+            ("min = 1\nmax = 3\ntarget_cpu = 50\ntarget_memory = 50", "autoscale.target_memory", "unknown field"),
+            ("min = -1\nmax = 3\ntarget_cpu = 50", "autoscale.min", "invalid value"),
+        ];
+        for (table, field, message) in cases {
+            let error = AppSpec::from_toml(&format!("{HELLO}\n[autoscale]\n{table}\n")).expect_err(table);
+            assert_eq!(error.field, field, "{table}: {error}");
+            assert!(error.message.contains(message), "{table}: {error}");
+        }
     }
 }
