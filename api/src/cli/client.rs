@@ -75,6 +75,14 @@ impl Client {
         Ok(response.text().await?)
     }
 
+    /// A GET whose answer is read as it arrives (`canopy logs -f`): no total timeout, only one
+    /// for connecting.
+    pub async fn get_stream(&self, path: &str, query: &[(&str, String)]) -> Result<reqwest::Response> {
+        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(30)).build()?;
+        let response = self.with_team(http.get(self.url(path))).bearer_auth(&self.token).query(query).send().await;
+        check(response.with_context(|| format!("cannot reach {}", self.base))?).await
+    }
+
     pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(self.http.put(self.url(path)).json(body)).await
     }

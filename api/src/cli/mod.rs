@@ -75,6 +75,10 @@ enum Command {
         /// Bytes from the end of the log.
         #[arg(long, default_value_t = 64 * 1024)]
         tail: u64,
+        /// Keep printing what the instance writes (across its restarts) until its task ends
+        /// or Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Set an app's number of instances.
     Scale { app: String, instances: u32 },
@@ -212,12 +216,25 @@ pub async fn run(cli: Cli) -> Result<()> {
                 table.to_string()
             })
         }
-        Command::Logs { app, instance, stderr, tail } => {
+        Command::Logs { app, instance, stderr, tail, follow } => {
             let stream = if stderr { "stderr" } else { "stdout" };
-            let query =
-                [("instance", instance.to_string()), ("stream", stream.to_string()), ("tail", tail.to_string())];
-            let text = client.get_text(&format!("/v1/apps/{app}/logs"), &query).await?;
-            print!("{text}");
+            let mut query =
+                vec![("instance", instance.to_string()), ("stream", stream.to_string()), ("tail", tail.to_string())];
+            if !follow {
+                let text = client.get_text(&format!("/v1/apps/{app}/logs"), &query).await?;
+                print!("{text}");
+                return Ok(());
+            }
+            query.push(("follow", "true".to_string()));
+            let mut response = client.get_stream(&format!("/v1/apps/{app}/logs"), &query).await?;
+            let mut stdout = std::io::stdout();
+            while let Some(chunk) =
+                response.chunk().await.with_context(|| format!("the log stream of {app} was cut"))?
+            {
+                std::io::Write::write_all(&mut stdout, &chunk)?;
+                std::io::Write::flush(&mut stdout)?;
+            }
+            eprintln!("canopy: the task of {app} instance {instance} has ended; its log is complete");
             Ok(())
         }
         Command::Rollback { app, to } => {

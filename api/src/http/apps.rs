@@ -6,7 +6,8 @@ use crate::store::{AppDetail, AppSummary};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use canopy_core::spec::AppSpec;
@@ -144,6 +145,9 @@ struct LogQuery {
     stream: String,
     /// Bytes from the end of the log (default 64 KiB).
     tail: Option<u64>,
+    /// Stream the tail, then what the task writes, until it ends or the client hangs up.
+    #[serde(default)]
+    follow: bool,
 }
 
 fn default_stream() -> String {
@@ -151,13 +155,14 @@ fn default_stream() -> String {
 }
 
 /// Reads a task's log from its machine's agent. The control service is the only client of
-/// the agents' API, so users never need network access to machines.
+/// the agents' API, so users never need network access to machines. With `follow` the agent's
+/// streamed answer is passed on chunk by chunk, never held whole.
 async fn logs(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Result<String, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(READERS, "read logs")?;
     if q.stream != "stdout" && q.stream != "stderr" {
         return Err(ApiError::invalid("stream: must be stdout or stderr"));
@@ -173,17 +178,26 @@ async fn logs(
             format!("the agent on {} did not answer", target.agent_endpoint),
         )
     };
-    let response = state
-        .agents
-        .get(url)
-        .bearer_auth(&target.control_key)
-        .query(&[("stream", q.stream.as_str()), ("tail", &q.tail.unwrap_or(64 * 1024).to_string())])
-        .send()
-        .await
-        .map_err(unreachable)?;
+    // The shared agents client has a total timeout, which would cut a follow short.
+    let client = if q.follow { follow_client().map_err(unreachable)? } else { state.agents.clone() };
+    let mut query = vec![("stream", q.stream.clone()), ("tail", q.tail.unwrap_or(64 * 1024).to_string())];
+    if q.follow {
+        query.push(("follow", "true".into()));
+    }
+    let response = client.get(url).bearer_auth(&target.control_key).query(&query).send().await.map_err(unreachable)?;
     if !response.status().is_success() {
         let status = response.status();
         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", format!("the agent answered {status}")));
     }
-    response.text().await.map_err(unreachable)
+    if !q.follow {
+        return Ok(response.text().await.map_err(unreachable)?.into_response());
+    }
+    tracing::info!(app = %name, task = %target.task_id, stream = %q.stream, "following logs");
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")];
+    Ok((headers, axum::body::Body::new(reqwest::Body::from(response))).into_response())
+}
+
+/// A client for one follow: it may connect for 10 s, then the stream lasts as long as the task.
+fn follow_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()
 }

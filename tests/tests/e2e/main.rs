@@ -4,6 +4,7 @@
 mod api;
 mod deploy;
 mod failure;
+mod logs;
 mod pool;
 mod provisioning;
 mod restart;
