@@ -20,20 +20,41 @@ impl Default for ServeConfig {
     }
 }
 
-/// Serves on `listener` until `shutdown` resolves, then stops accepting, finishes in-flight
-/// requests and stops the controllers.
+/// Serves the API on `listener` (and the apps' entry point on `entry`, when given) until
+/// `shutdown` resolves, then stops accepting, finishes in-flight requests and stops the
+/// controllers.
 pub async fn run(
     listener: TcpListener,
+    entry: Option<TcpListener>,
     store: Store,
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let controllers = tokio::spawn(controllers::run(store.clone(), config.controllers.clone(), stop_rx));
+    let controllers = tokio::spawn(controllers::run(store.clone(), config.controllers.clone(), stop_rx.clone()));
+    let entry = match entry {
+        Some(listener) => {
+            let router = http::entry::router(std::sync::Arc::new(
+                http::entry::Entry::new(store.clone()).map_err(std::io::Error::other)?,
+            ));
+            let mut stop = stop_rx;
+            Some(tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            }))
+        }
+        None => None,
+    };
     let agents = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(std::io::Error::other)?;
     let state = AppState { store, heartbeat_interval: config.heartbeat_interval, agents };
     let result = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
     let _ = stop_tx.send(true);
     let _ = controllers.await;
+    if let Some(entry) = entry {
+        let _ = entry.await;
+    }
     result
 }

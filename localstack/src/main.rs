@@ -192,6 +192,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     provider_env.extend([
         ("CANOPY_BOOT_TIMEOUT_S".to_string(), "60".to_string()),
         ("CANOPY_IDLE_TIMEOUT_S".to_string(), "60".to_string()),
+        ("CANOPY_ENTRY_LISTEN".to_string(), "127.0.0.1:0".to_string()),
     ]);
     let provider_env: Vec<(&str, &str)> = provider_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut control = ControlService::start(
@@ -221,6 +222,9 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     deploy(&binaries, &repo, &state_dir, &config_path, "hello-eu", None).await?;
     for app in ["hello", "hello-eu"] {
         print_ready(&api, app).await?;
+    }
+    if let Some(entry) = control.entry_url().await {
+        println!("entry: {entry}/demo/hello/   (one URL for all of hello's instances, in turn)");
     }
     println!("api: {}", control.url);
     println!();

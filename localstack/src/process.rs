@@ -34,6 +34,7 @@ pub struct ControlService {
     child: Child,
     pub url: String,
     pub log: PathBuf,
+    entry: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl ControlService {
@@ -71,9 +72,18 @@ impl ControlService {
         })
         .await
         .with_context(|| format!("control service did not start; see {}", log.display()))??;
-        // Keep draining stdout so the service never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let service = ControlService { child, url, log: log.to_path_buf() };
+        // Keep draining stdout so the service never blocks on a full pipe; the entry point's
+        // address, when it has one, comes by on the way.
+        let (entry_tx, entry) = tokio::sync::watch::channel(None);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(url) = line.strip_prefix("entry: ") {
+                    let url = url.trim_end_matches("<team>/<app>/").trim_end_matches('/').to_string();
+                    let _ = entry_tx.send(Some(url));
+                }
+            }
+        });
+        let service = ControlService { child, url, log: log.to_path_buf(), entry };
         service.wait_healthy(Duration::from_secs(30)).await?;
         Ok(service)
     }
@@ -92,6 +102,14 @@ impl ControlService {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The apps' entry point (`http://host:port`), when the service was started with
+    /// `CANOPY_ENTRY_LISTEN`; waits a little for the service to print it.
+    pub async fn entry_url(&self) -> Option<String> {
+        let mut entry = self.entry.clone();
+        let found = tokio::time::timeout(Duration::from_secs(10), entry.wait_for(Option::is_some)).await;
+        found.ok()?.ok()?.clone()
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -93,7 +93,8 @@ impl Stack {
         std::fs::create_dir_all(&dir)?;
         let binaries = Binaries::find()?;
         let admin_token = format!("cnp_{}", uuid::Uuid::new_v4().simple());
-        let mut control_env: Vec<(String, String)> = Vec::new();
+        let mut control_env: Vec<(String, String)> =
+            vec![("CANOPY_ENTRY_LISTEN".to_string(), "127.0.0.1:0".to_string())];
         if let Some(cloud) = &cloud {
             let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
             control_env.extend(canopy_localstack::emulator::control_env(

@@ -136,6 +136,10 @@ struct ServeArgs {
     /// Machines silent for longer than this are declared lost.
     #[arg(long, env = "CANOPY_MACHINE_TTL_MS", default_value_t = 6000)]
     machine_ttl_ms: u64,
+    /// Where the apps' entry point listens (`http://<address>/<team>/<app>/...` reaches a
+    /// healthy instance of the app, in turn); off when unset.
+    #[arg(long, env = "CANOPY_ENTRY_LISTEN")]
+    entry_listen: Option<String>,
     #[command(flatten)]
     providers: providers::ProviderArgs,
     /// URL new machines' agents reach this control service at (default: the listen address).
@@ -329,7 +333,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ..Default::default()
         },
     };
-    server::run(listener, store, config, shutdown_signal()).await?;
+    let entry = match &args.entry_listen {
+        Some(address) => {
+            let entry = tokio::net::TcpListener::bind(address).await.with_context(|| format!("binding {address}"))?;
+            println!("entry: http://{}/<team>/<app>/", entry.local_addr()?);
+            Some(entry)
+        }
+        None => None,
+    };
+    server::run(listener, entry, store, config, shutdown_signal()).await?;
     tracing::info!("control service stopped");
     Ok(())
 }

@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{name}", get(show).put(deploy).delete(delete))
         .route("/apps/{name}/scale", post(scale))
         .route("/apps/{name}/rollback", post(rollback))
+        .route("/apps/{name}/endpoints", get(endpoints))
         .route("/apps/{name}/logs", get(logs))
 }
 
@@ -101,6 +102,32 @@ async fn scale(
     caller.require(WRITERS, "scale apps")?;
     let scope = scope(&state, &caller, q.team.as_deref()).await?;
     Ok(Json(state.store.scale_app(&caller.actor(), scope, &name, request.instances).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsQuery {
+    team: Option<String>,
+    /// Which of the app's named ports (default: its first).
+    port: Option<String>,
+}
+
+/// The app's healthy instances and where they answer (404 for an app the caller cannot see).
+async fn endpoints(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<EndpointsQuery>,
+) -> Result<Json<Vec<crate::store::Endpoint>>, ApiError> {
+    caller.require(READERS, "read endpoints")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    let app = state.store.app(scope, &name).await?;
+    if let Some(port) = &q.port
+        && !app.spec.ports.contains(port)
+    {
+        return Err(ApiError::invalid(format!("port: app {name:?} has no port named {port:?}")));
+    }
+    Ok(Json(state.store.endpoints(scope, &name, q.port.as_deref()).await?))
 }
 
 #[derive(Deserialize)]

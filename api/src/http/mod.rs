@@ -6,6 +6,7 @@
 mod admin;
 mod agent;
 mod apps;
+pub mod entry;
 mod error;
 mod hosts;
 mod machines;

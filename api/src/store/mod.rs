@@ -5,6 +5,7 @@
 //! a row type.
 
 mod apps;
+mod endpoints;
 mod hosts;
 mod identity;
 mod machines;
@@ -12,6 +13,7 @@ mod provisioning;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
+pub use endpoints::Endpoint;
 pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;

@@ -3,6 +3,7 @@
 
 mod api;
 mod deploy;
+mod entry;
 mod failure;
 mod logs;
 mod pool;
