@@ -4,6 +4,7 @@
 //! the result in one transaction, and is safe to repeat after a crash. Only the replica that
 //! holds the advisory lock for a step acts, so several control services can share a database.
 
+pub mod autoscale;
 pub mod provisioning;
 
 use crate::store::{Result, Store};
@@ -21,16 +22,23 @@ pub struct ControllerConfig {
     pub machine_ttl: Duration,
     /// Buys and returns machines when set; without it, only machines joined by hand are used.
     pub provisioner: Option<Arc<Provisioner>>,
+    /// Scales apps with `[autoscale]`; shared by the clones of this config.
+    pub autoscaler: Arc<autoscale::Autoscaler>,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        ControllerConfig { tick: Duration::from_millis(250), machine_ttl: Duration::from_secs(6), provisioner: None }
+        ControllerConfig {
+            tick: Duration::from_millis(250),
+            machine_ttl: Duration::from_secs(6),
+            provisioner: None,
+            autoscaler: Default::default(),
+        }
     }
 }
 
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
-/// apps (creates and retires tasks), placement (assigns pending tasks, asks for machines),
+/// autoscaling (sets instance counts), apps (creates and retires tasks), placement (assigns pending tasks, asks for machines),
 /// provisioning (buys, waits for, and returns machines).
 #[tracing::instrument(skip_all)]
 pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
@@ -38,6 +46,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     for machine in &machines_lost {
         tracing::warn!(machine = %machine, "machine lost: missed heartbeats");
     }
+    config.autoscaler.step(store).await?;
     let task_changes = store.reconcile_apps().await?;
     let (catalog, quotas) = match &config.provisioner {
         Some(provisioner) => (provisioner.available_catalog(store).await?, provisioner.quotas(store).await?),

@@ -171,6 +171,9 @@ impl Store {
         Ok(AppDetail { summary, spec, tasks })
     }
 
+    /// Sets the app's instance count. An autoscaled app's count is brought within its
+    /// `[autoscale]` bounds, and the autoscaler moves it from there, as a HorizontalPodAutoscaler
+    /// overrides `kubectl scale`; the event's `requested` says what was asked.
     pub async fn scale_app(&self, actor: &str, scope: Scope, name: &str, instances: u32) -> Result<AppDetail> {
         if instances > canopy_core::spec::MAX_INSTANCES {
             return Err(StoreError::Invalid(format!(
@@ -179,6 +182,8 @@ impl Store {
             )));
         }
         let app = self.app(scope, name).await?;
+        let requested = instances;
+        let instances = app.spec.autoscale.map_or(instances, |autoscale| autoscale.clamp(instances));
         let mut tx = self.begin().await?;
         sqlx::query("UPDATE apps SET instances = $2, updated_at = now() WHERE id = $1 AND deleted_at IS NULL")
             .bind(app.summary.id)
@@ -189,7 +194,11 @@ impl Store {
             .bind(app.summary.id)
             .fetch_one(&mut *tx)
             .await?;
-        let detail = serde_json::json!({"from": app.summary.instances, "to": instances});
+        let mut detail = serde_json::json!({"from": app.summary.instances, "to": instances});
+        if let Some(autoscale) = app.spec.autoscale {
+            detail["requested"] = requested.into();
+            detail["autoscale"] = serde_json::json!({"min": autoscale.min, "max": autoscale.max});
+        }
         record(&mut tx, actor, "app.scaled", name, Some(team), detail).await?;
         tx.commit().await?;
         self.app(scope, name).await

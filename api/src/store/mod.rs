@@ -5,6 +5,7 @@
 //! a row type.
 
 mod apps;
+pub mod autoscale;
 mod endpoints;
 mod hosts;
 mod identity;
