@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// How long in-flight requests may go on after the stop signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct ServeConfig {
     pub heartbeat_interval: Duration,
@@ -50,7 +53,24 @@ pub async fn run(
     };
     let agents = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(std::io::Error::other)?;
     let state = AppState { store, heartbeat_interval: config.heartbeat_interval, agents };
-    let result = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
+    // Graceful: in-flight requests may finish, but a long one (a followed log) is cut after
+    // `DRAIN`, so the service always stops.
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = axum::serve(listener, http::router(state)).with_graceful_shutdown(signal);
+    let result = tokio::select! {
+        result = std::future::IntoFuture::into_future(serve) => result,
+        _ = async {
+            let _ = stopping.wait_for(|s| *s).await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::warn!("requests still open {DRAIN:?} after the stop signal were cut");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     let _ = controllers.await;
     if let Some(entry) = entry {
