@@ -38,8 +38,8 @@ impl Default for ControllerConfig {
 }
 
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
-/// autoscaling (sets instance counts), apps (creates and retires tasks), placement (assigns pending tasks, asks for machines),
-/// provisioning (buys, waits for, and returns machines).
+/// autoscaling (sets instance counts), apps (creates and retires tasks), placement (assigns
+/// pending tasks, asks for machines), provisioning (buys, waits for, and returns machines).
 #[tracing::instrument(skip_all)]
 pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;

@@ -2,6 +2,7 @@
 //! cgroup slices with real agents, real task processes) and checks what a user would see.
 
 mod api;
+mod autoscale;
 mod deploy;
 mod entry;
 mod failure;
