@@ -58,6 +58,63 @@ pub struct AppSpec {
     /// `placement`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// Present for a batch job: its tasks run to completion instead of being kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobSpec>,
+}
+
+/// A batch job, as Kubernetes Jobs and Nomad batch jobs: `completions` runs must exit 0,
+/// at most `parallelism` at once; a failed run is retried (a new task, after `backoff`,
+/// doubled each time) until `retries` is used up; the whole job fails past `deadline`. A job
+/// starts only once every job in `depends_on` (same team) has succeeded, and fails if one of
+/// them fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSpec {
+    pub completions: u32,
+    pub parallelism: u32,
+    pub retries: u32,
+    pub backoff: Millis,
+    pub deadline: Option<Millis>,
+    pub depends_on: Vec<String>,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        JobSpec {
+            completions: 1,
+            parallelism: 1,
+            retries: 3,
+            backoff: Millis(1000),
+            deadline: None,
+            depends_on: Vec::new(),
+        }
+    }
+}
+
+impl JobSpec {
+    fn validate(&self, name: &str) -> Result<(), SpecError> {
+        if !(1..=MAX_INSTANCES).contains(&self.completions) {
+            return Err(SpecError::new("job.completions", format!("must be between 1 and {MAX_INSTANCES}")));
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.parallelism) {
+            return Err(SpecError::new("job.parallelism", format!("must be between 1 and {MAX_INSTANCES}")));
+        }
+        if self.deadline.is_some_and(|d| d.0 == 0) {
+            return Err(SpecError::new("job.deadline", "must be more than 0"));
+        }
+        for (index, dependency) in self.depends_on.iter().enumerate() {
+            let field = format!("job.depends_on[{index}]");
+            validate_name(&field, dependency)?;
+            if dependency == name {
+                return Err(SpecError::new(field, "a job cannot depend on itself"));
+            }
+            if self.depends_on[..index].contains(dependency) {
+                return Err(SpecError::new(field, format!("{dependency:?} is listed twice")));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[autoscale]` table: Kubernetes' HorizontalPodAutoscaler on CPU. The control service
@@ -520,6 +577,12 @@ impl AppSpec {
         if let Some(autoscale) = &self.autoscale {
             autoscale.validate()?;
         }
+        if let Some(job) = &self.job {
+            job.validate(&self.name)?;
+            if self.autoscale.is_some() {
+                return Err(SpecError::new("autoscale", "a job runs to completion: it cannot be autoscaled"));
+            }
+        }
         Ok(())
     }
 
@@ -842,6 +905,32 @@ labels = { residency = "eu", tier = "gold" }
             let error = AppSpec::from_toml(&format!("{HELLO}\n[autoscale]\n{table}\n")).expect_err(table);
             assert_eq!(error.field, field, "{table}: {error}");
             assert!(error.message.contains(message), "{table}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_job_section_makes_a_batch_job_with_validated_settings() {
+        let text = format!(
+            "{HELLO}\n[job]\ncompletions = 3\nparallelism = 2\nretries = 1\ndeadline = \"5m\"\ndepends_on = [\"extract\"]\n"
+        );
+        let spec = AppSpec::from_toml(&text).expect("job");
+        let job = spec.job.expect("a job");
+        assert_eq!((job.completions, job.parallelism, job.retries), (3, 2, 1));
+        assert_eq!(job.deadline, Some(Millis::from_secs(300)));
+        assert_eq!(job.depends_on, vec!["extract".to_string()]);
+        assert!(AppSpec::from_toml(HELLO).expect("hello").job.is_none());
+        let cases = [
+            ("completions = 0", "job.completions"),
+            ("parallelism = 0", "job.parallelism"),
+            ("deadline = \"0s\"", "job.deadline"),
+            ("depends_on = [\"hello\"]", "job.depends_on[0]"),
+            ("depends_on = [\"a\", \"a\"]", "job.depends_on[1]"),
+            ("depends_on = [\"Not A Name\"]", "job.depends_on[0]"),
+            ("every = 1", "job.every"),
+        ];
+        for (line, field) in cases {
+            let text = format!("{HELLO}\n[job]\n{line}\n");
+            assert_eq!(AppSpec::from_toml(&text).expect_err(line).field, field, "{line}");
         }
     }
 }

@@ -402,6 +402,29 @@ pub fn endpoint(task: &crate::store::TaskRow) -> Option<String> {
 
 /// Applies the spec, then follows the rollout until every instance of the new version runs
 /// and is healthy, a task fails, or the timeout passes.
+/// Follows a job until it ends; fails when the job fails.
+async fn follow_job(client: &Client, path: &str, name: &str, timeout: u64, json: bool) -> Result<()> {
+    let started = Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let detail: AppDetail = client.get(path).await?;
+        let line = format!("{name}: {} {}", detail.summary.job_state, detail.summary.job_message);
+        if line != last_line && !json {
+            println!("{}", line.trim_end());
+            last_line = line;
+        }
+        match detail.summary.job_state.as_str() {
+            "succeeded" => return print(json, &detail, String::new),
+            "failed" => bail!("job {name} failed: {}", detail.summary.job_message),
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(timeout) {
+            bail!("job {name} did not finish within {timeout}s (it goes on: `canopy status {name}`)");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout: u64, json: bool) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let spec = AppSpec::from_toml(&text).with_context(|| format!("{} is not a valid app spec", file.display()))?;
@@ -413,6 +436,9 @@ async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout:
     }
     if no_wait {
         return print(json, &applied, String::new);
+    }
+    if spec.job.is_some() {
+        return follow_job(client, &path, &spec.name, timeout, json).await;
     }
     let started = Instant::now();
     let mut last_line = String::new();

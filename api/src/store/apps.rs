@@ -20,6 +20,9 @@ pub struct AppSummary {
     pub stable_version: Option<i32>,
     /// `progressing`, `complete`, or `rolled back from vN: <why>`.
     pub rollout: String,
+    /// Jobs only: `waiting`, `running`, `succeeded` or `failed` ('' for services).
+    pub job_state: String,
+    pub job_message: String,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -60,8 +63,46 @@ const SUMMARY: &str = "SELECT a.id, t.name AS team, a.name, a.version, a.instanc
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running') AS running,
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running'
             AND k.healthy IS NOT FALSE) AS healthy,
-        a.stable_version, a.rollout, a.updated_at
+        a.stable_version, a.rollout, a.job_state, a.job_message, a.updated_at
     FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.deleted_at IS NULL";
+
+/// A job's dependencies must be jobs of the team, and the team's jobs with this one must
+/// form no cycle (the error names it).
+async fn check_dependencies(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    team: Uuid,
+    name: &str,
+    depends_on: &[String],
+) -> Result<()> {
+    let jobs: Vec<(String, Option<serde_json::Value>)> = sqlx::query_as(
+        "SELECT a.name, v.spec -> 'job' -> 'depends_on' FROM apps a
+         JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
+         WHERE a.team_id = $1 AND a.deleted_at IS NULL AND v.spec ? 'job'",
+    )
+    .bind(team)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (index, dependency) in depends_on.iter().enumerate() {
+        if !jobs.iter().any(|(job, _)| job == dependency) {
+            return Err(StoreError::Invalid(format!(
+                "job.depends_on[{index}]: the team has no job named {dependency:?} (submit it first)"
+            )));
+        }
+    }
+    let mut nodes: Vec<(String, Vec<String>)> = jobs
+        .into_iter()
+        .filter(|(job, _)| job != name)
+        .map(|(job, deps)| (job, deps.and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default()))
+        .collect();
+    nodes.push((name.to_string(), depends_on.to_vec()));
+    // A job deleted since keeps no one waiting here: only cycles among live jobs matter.
+    let names: std::collections::HashSet<String> = nodes.iter().map(|(job, _)| job.clone()).collect();
+    for (_, deps) in &mut nodes {
+        deps.retain(|d| names.contains(d));
+    }
+    canopy_core::dag::validate(&nodes).map_err(|e| StoreError::Invalid(format!("job.depends_on: {e}")))?;
+    Ok(())
+}
 
 impl Store {
     /// Creates the app or, when the spec differs from the current version, adds a version.
@@ -71,6 +112,10 @@ impl Store {
         let instances =
             i32::try_from(spec.instances).map_err(|_| StoreError::Invalid("instances: too large".into()))?;
         let mut tx = self.begin().await?;
+        if let Some(job) = &spec.job {
+            check_dependencies(&mut tx, team, &spec.name, &job.depends_on).await?;
+        }
+        let job_state = if spec.job.is_some() { "waiting" } else { "" };
         let current: Option<(Uuid, i32, serde_json::Value)> = sqlx::query_as(
             "SELECT a.id, a.version, v.spec FROM apps a JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
              WHERE a.team_id = $1 AND a.name = $2 AND a.deleted_at IS NULL FOR UPDATE OF a",
@@ -88,13 +133,16 @@ impl Store {
                     .fetch_one(&mut *tx)
                     .await?;
                 let version = newest + 1;
+                // A job whose spec changed runs again, from the start.
                 sqlx::query(
-                    "UPDATE apps SET version = $2, instances = $3, rollout = 'progressing', updated_at = now()
+                    "UPDATE apps SET version = $2, instances = $3, rollout = 'progressing', job_state = $4,
+                                     job_message = '', started_at = NULL, finished_at = NULL, updated_at = now()
                      WHERE id = $1",
                 )
                 .bind(id)
                 .bind(version)
                 .bind(instances)
+                .bind(job_state)
                 .execute(&mut *tx)
                 .await?;
                 (id, version, true)
@@ -102,13 +150,14 @@ impl Store {
             None => {
                 let id = Uuid::new_v4();
                 sqlx::query(
-                    "INSERT INTO apps (id, team_id, name, version, instances, rollout)
-                     VALUES ($1, $2, $3, 1, $4, 'progressing')",
+                    "INSERT INTO apps (id, team_id, name, version, instances, rollout, job_state)
+                     VALUES ($1, $2, $3, 1, $4, 'progressing', $5)",
                 )
                 .bind(id)
                 .bind(team)
                 .bind(&spec.name)
                 .bind(instances)
+                .bind(job_state)
                 .execute(&mut *tx)
                 .await?;
                 (id, 1, true)

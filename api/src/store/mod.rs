@@ -9,6 +9,7 @@ pub mod autoscale;
 mod endpoints;
 mod hosts;
 mod identity;
+mod jobs;
 mod machines;
 mod provisioning;
 mod tasks;

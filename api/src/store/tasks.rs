@@ -5,7 +5,9 @@ use super::machines::to_i64;
 use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
-use canopy_core::schedule::{Catalog, Constraints, Policy, Quota, Snapshot, SpotPolicy, TaskAsk, schedule};
+use canopy_core::schedule::{
+    Catalog, Constraints, Policy, Quota, Snapshot, SpotPolicy, TaskAsk, WorkloadKind, schedule,
+};
 use canopy_core::spec::{AppSpec, PlacementSpec};
 use canopy_core::task::TaskState;
 use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
@@ -43,6 +45,19 @@ struct LiveApp {
     instances: i32,
     deleted: bool,
     spec: serde_json::Value,
+}
+
+/// A task waiting for a machine, with what placement needs from its spec.
+#[derive(sqlx::FromRow)]
+struct PendingTask {
+    id: Uuid,
+    app_id: Uuid,
+    milli_cpu: i64,
+    memory: i64,
+    interruptible: bool,
+    /// NULL for specs without one, including versions stored before it existed.
+    placement: Option<serde_json::Value>,
+    job: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -173,7 +188,8 @@ impl Store {
             "SELECT a.id, a.team_id, a.name, a.version, a.stable_version, a.instances,
                     a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
              JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
-             WHERE a.deleted_at IS NULL OR EXISTS (SELECT 1 FROM tasks t WHERE t.app_id = a.id AND t.state = 'pending')",
+             WHERE (a.deleted_at IS NULL AND a.job_state NOT IN ('succeeded', 'failed'))
+                OR EXISTS (SELECT 1 FROM tasks t WHERE t.app_id = a.id AND t.state = 'pending')",
         )
         .fetch_all(&mut *tx)
         .await?;
@@ -192,6 +208,13 @@ impl Store {
             let LiveApp { id: app_id, ref name, version, stable_version, instances, deleted, .. } = app;
             let spec: AppSpec =
                 serde_json::from_value(app.spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+            if let Some(job) = &spec.job
+                && !deleted
+            {
+                let app = super::jobs::JobApp { id: app_id, team: app.team_id, name, version, spec: &spec, job };
+                changes += super::jobs::reconcile_job(&mut tx, app).await?;
+                continue;
+            }
             let wanted = if deleted { 0 } else { instances };
             let mine: Vec<&SlotTask> = tasks.iter().filter(|t| t.app_id == app_id).collect();
             let checked = spec.health.is_some();
@@ -343,9 +366,10 @@ impl Store {
     ) -> Result<PlacementOutcome> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(PlacementOutcome::default()) };
         // `placement` is NULL for specs without one, including versions stored before it existed.
-        let pending: Vec<(Uuid, Uuid, i64, i64, bool, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT t.id, t.app_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'interruptible')::boolean, false),
-                    v.spec->'placement'
+        let pending: Vec<PendingTask> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.milli_cpu, t.memory,
+                    COALESCE((v.spec->>'interruptible')::boolean, false) AS interruptible,
+                    v.spec->'placement' AS placement, v.spec ? 'job' AS job
              FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
              WHERE t.state = 'pending' AND t.desired = 'run' ORDER BY t.created_at, t.id",
         )
@@ -365,7 +389,7 @@ impl Store {
         };
         let asks: Vec<TaskAsk> = pending
             .iter()
-            .map(|(id, app_id, cpu, memory, interruptible, placement)| {
+            .map(|PendingTask { id, app_id, milli_cpu: cpu, memory, interruptible, placement, job }| {
                 let placement: PlacementSpec = match placement {
                     Some(placement) => serde_json::from_value(placement.clone())
                         .map_err(|e| StoreError::Corrupt(format!("app {app_id}: placement: {e}")))?,
@@ -377,6 +401,7 @@ impl Store {
                     resources: Resources::new((*cpu).max(0) as u64, (*memory).max(0) as u64),
                     priority: 0,
                     interruptible: *interruptible,
+                    kind: if *job { WorkloadKind::Batch } else { WorkloadKind::Service },
                     // Agents and sample apps are built for amd64; a spec field can lift this later.
                     constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
                     ..Default::default()
@@ -385,7 +410,7 @@ impl Store {
             .collect::<Result<_>>()?;
         // A seed from the pending set: deterministic for the same state, different across
         // passes (machine ids the planner mints must not repeat).
-        let seed = pending.iter().fold(PLACEMENT_SEED, |seed, (id, ..)| seed.rotate_left(7) ^ id.as_u128() as u64);
+        let seed = pending.iter().fold(PLACEMENT_SEED, |seed, t| seed.rotate_left(7) ^ t.id.as_u128() as u64);
         let plan = schedule(&snapshot, &asks, seed);
         for placement in &plan.placements {
             sqlx::query(
@@ -447,7 +472,12 @@ fn assignment(task_id: Uuid, app: String, spec: AppSpec) -> TaskAssignment {
         pids_limit: spec.resources.pids,
         ports: spec.ports,
         health: spec.health,
-        restart: spec.restart,
+        // A job's failed run is retried by the control service, as a new task.
+        restart: if spec.job.is_some() {
+            canopy_core::spec::RestartSpec { policy: canopy_core::spec::RestartPolicy::Never, ..spec.restart }
+        } else {
+            spec.restart
+        },
         stop_grace_ms: spec.stop_grace.0,
         logs: spec.logs,
     }

@@ -6,6 +6,7 @@ mod autoscale;
 mod deploy;
 mod entry;
 mod failure;
+mod jobs;
 mod logs;
 mod pool;
 mod provisioning;

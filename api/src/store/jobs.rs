@@ -1,0 +1,187 @@
+//! Batch jobs: apps whose spec has a `[job]` section. The job controller step (called from
+//! the app controller's, in its transaction) waits for dependencies, keeps up to
+//! `parallelism` runs going until each of the `completions` indexes has exited 0, retries
+//! failed runs after a doubling backoff, and ends the job as `succeeded` or `failed` (retries
+//! used up, deadline passed, a dependency failed).
+
+use super::machines::to_i64;
+use super::{Result, record};
+use canopy_core::spec::{AppSpec, JobSpec};
+use sqlx::{Postgres, Transaction};
+use uuid::Uuid;
+
+/// One run of a job index.
+#[derive(sqlx::FromRow)]
+struct Run {
+    id: Uuid,
+    version: i32,
+    instance: i32,
+    state: String,
+    desired: String,
+    message: String,
+    /// Milliseconds since it ended, for ended runs.
+    ended_ms: Option<i64>,
+}
+
+impl Run {
+    fn active(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "assigned" | "running")
+    }
+}
+
+pub(super) struct JobApp<'a> {
+    pub id: Uuid,
+    pub team: Uuid,
+    pub name: &'a str,
+    pub version: i32,
+    pub spec: &'a AppSpec,
+    pub job: &'a JobSpec,
+}
+
+/// Advances one job; returns how many changes it made.
+pub(super) async fn reconcile_job(tx: &mut Transaction<'static, Postgres>, app: JobApp<'_>) -> Result<usize> {
+    let (state, running_ms): (String, Option<i64>) = sqlx::query_as(
+        "SELECT job_state, (EXTRACT(EPOCH FROM now() - started_at) * 1000)::bigint FROM apps WHERE id = $1",
+    )
+    .bind(app.id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let runs: Vec<Run> = sqlx::query_as(
+        "SELECT id, version, instance, state, desired, message,
+                (EXTRACT(EPOCH FROM now() - finished_at) * 1000)::bigint AS ended_ms
+         FROM tasks WHERE app_id = $1 ORDER BY created_at",
+    )
+    .bind(app.id)
+    .fetch_all(&mut **tx)
+    .await?;
+    // Runs of an earlier version of the job are not wanted.
+    let unwanted: Vec<Uuid> =
+        runs.iter().filter(|r| r.desired == "run" && r.active() && r.version != app.version).map(|r| r.id).collect();
+    let mut changes = stop(tx, &unwanted).await?;
+
+    for dependency in &app.job.depends_on {
+        let theirs: Option<String> =
+            sqlx::query_scalar("SELECT job_state FROM apps WHERE team_id = $1 AND name = $2 AND deleted_at IS NULL")
+                .bind(app.team)
+                .bind(dependency)
+                .fetch_optional(&mut **tx)
+                .await?;
+        match theirs.as_deref() {
+            Some("succeeded") => {}
+            Some("failed") => return finish(tx, &app, false, &format!("dependency {dependency} failed")).await,
+            None => return finish(tx, &app, false, &format!("dependency {dependency} was deleted")).await,
+            Some(_) => {
+                let message = format!("waiting for {dependency}");
+                return set_state(tx, &app, "waiting", &message).await.map(|c| c + changes);
+            }
+        }
+    }
+    if state != "running" {
+        sqlx::query("UPDATE apps SET job_state = 'running', job_message = '', started_at = now() WHERE id = $1")
+            .bind(app.id)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(changes + 1);
+    }
+    if let Some(deadline) = app.job.deadline
+        && running_ms.is_some_and(|ms| ms > deadline.0 as i64)
+    {
+        return finish(tx, &app, false, &format!("its deadline of {deadline} passed")).await;
+    }
+
+    let mine: Vec<&Run> = runs.iter().filter(|r| r.version == app.version).collect();
+    let completions = app.job.completions as i32;
+    let succeeded = |index: i32| mine.iter().any(|r| r.instance == index && r.state == "exited");
+    let done = (0..completions).filter(|&i| succeeded(i)).count();
+    if done == completions as usize {
+        return finish(tx, &app, true, &format!("{done}/{completions} completions")).await;
+    }
+    let mut active = mine.iter().filter(|r| r.active() && r.desired == "run").count() as u32;
+    for index in 0..completions {
+        if succeeded(index) || mine.iter().any(|r| r.instance == index && r.active() && r.desired == "run") {
+            continue;
+        }
+        let failures: Vec<&&Run> =
+            mine.iter().filter(|r| r.instance == index && matches!(r.state.as_str(), "failed" | "lost")).collect();
+        if failures.len() as u32 > app.job.retries {
+            let last = failures.last().map(|r| r.message.as_str()).unwrap_or_default();
+            let why = format!("index {index} failed {} times (retries = {}): {last}", failures.len(), app.job.retries);
+            return finish(tx, &app, false, &why).await;
+        }
+        if active >= app.job.parallelism {
+            continue;
+        }
+        // Backoff after a failure: `backoff`, doubled for each earlier failure, at most 2^10.
+        if let Some(last) = failures.last() {
+            let wait = app.job.backoff.0.saturating_mul(1u64 << (failures.len() - 1).min(10)) as i64;
+            if last.ended_ms.unwrap_or(i64::MAX) < wait {
+                continue;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+        )
+        .bind(Uuid::new_v4())
+        .bind(app.id)
+        .bind(app.version)
+        .bind(index)
+        .bind(to_i64(app.spec.resources.cpu, "resources.cpu")?)
+        .bind(to_i64(app.spec.resources.memory.0, "resources.memory")?)
+        .execute(&mut **tx)
+        .await?;
+        active += 1;
+        changes += 1;
+    }
+    let message = format!("{done}/{completions} completions, {active} running");
+    Ok(changes + set_state(tx, &app, "running", &message).await?)
+}
+
+async fn stop(tx: &mut Transaction<'static, Postgres>, tasks: &[Uuid]) -> Result<usize> {
+    if tasks.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query("UPDATE tasks SET desired = 'stop' WHERE id = ANY($1)").bind(tasks).execute(&mut **tx).await?;
+    Ok(tasks.len())
+}
+
+/// Records the job's state and message, when they changed.
+async fn set_state(
+    tx: &mut Transaction<'static, Postgres>,
+    app: &JobApp<'_>,
+    state: &str,
+    message: &str,
+) -> Result<usize> {
+    let changed = sqlx::query(
+        "UPDATE apps SET job_state = $2, job_message = $3 WHERE id = $1 AND (job_state, job_message) <> ($2, $3)",
+    )
+    .bind(app.id)
+    .bind(state)
+    .bind(message)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(changed as usize)
+}
+
+/// Ends the job (its runs still going are stopped); ended jobs are not looked at again.
+async fn finish(tx: &mut Transaction<'static, Postgres>, app: &JobApp<'_>, success: bool, why: &str) -> Result<usize> {
+    let state = if success { "succeeded" } else { "failed" };
+    sqlx::query(
+        "UPDATE tasks SET desired = 'stop' WHERE app_id = $1 AND desired = 'run'
+           AND state IN ('pending', 'assigned', 'running')",
+    )
+    .bind(app.id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE apps SET job_state = $2, job_message = $3, finished_at = now() WHERE id = $1")
+        .bind(app.id)
+        .bind(state)
+        .bind(why)
+        .execute(&mut **tx)
+        .await?;
+    let detail = serde_json::json!({"version": app.version, "reason": why});
+    record(tx, "system", &format!("job.{state}"), app.name, Some(app.team), detail).await?;
+    tracing::info!(job = app.name, state, reason = why, "job ended");
+    Ok(1)
+}
