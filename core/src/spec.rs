@@ -68,6 +68,12 @@ pub struct AppSpec {
 /// doubled each time) until `retries` is used up; the whole job fails past `deadline`. A job
 /// starts only once every job in `depends_on` (same team) has succeeded, and fails if one of
 /// them fails.
+///
+/// With a `schedule` (cron, in `time_zone`) the job is a template instead, as a Kubernetes
+/// CronJob: each due instant starts a job of its own, `<name>-<yyyymmddhhmm>` (UTC), subject
+/// to `concurrency` while an earlier one still runs; instants missed while the control
+/// service was down run once (`missed = "run_once"`, within `starting_deadline`) or not at
+/// all (`"skip"`). No instant ever runs twice.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSpec {
@@ -77,6 +83,34 @@ pub struct JobSpec {
     pub backoff: Millis,
     pub deadline: Option<Millis>,
     pub depends_on: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA zone the schedule is read in (default UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    pub concurrency: Concurrency,
+    pub missed: Missed,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starting_deadline: Option<Millis>,
+}
+
+/// What a scheduled job does when a run is due while the previous one still runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    Allow,
+    #[default]
+    Forbid,
+    Replace,
+}
+
+/// What a scheduled job does with instants missed while the control service was down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    Skip,
+    #[default]
+    RunOnce,
 }
 
 impl Default for JobSpec {
@@ -88,12 +122,48 @@ impl Default for JobSpec {
             backoff: Millis(1000),
             deadline: None,
             depends_on: Vec::new(),
+            schedule: None,
+            time_zone: None,
+            concurrency: Concurrency::default(),
+            missed: Missed::default(),
+            starting_deadline: None,
         }
     }
 }
 
+/// Room a scheduled job's name leaves for the `-<yyyymmddhhmm>` of its runs.
+const MAX_SCHEDULED_NAME: usize = 63 - 13;
+
 impl JobSpec {
+    /// The parsed schedule, for a scheduled job (validated specs always parse).
+    pub fn cron(&self) -> Option<Result<crate::cron::Schedule, crate::cron::CronError>> {
+        self.schedule.as_deref().map(|expr| crate::cron::Schedule::parse(expr, self.time_zone.as_deref()))
+    }
+
     fn validate(&self, name: &str) -> Result<(), SpecError> {
+        if self.schedule.is_none() && self.time_zone.is_some() {
+            return Err(SpecError::new("job.time_zone", "only a scheduled job has a time zone: add a schedule"));
+        }
+        match self.cron() {
+            Some(Err(e @ crate::cron::CronError::UnknownTimeZone(_))) => {
+                return Err(SpecError::new("job.time_zone", e.to_string()));
+            }
+            Some(Err(e)) => return Err(SpecError::new("job.schedule", e.to_string())),
+            Some(Ok(_)) => {
+                if !self.depends_on.is_empty() {
+                    return Err(SpecError::new("job.depends_on", "a scheduled job cannot depend on other jobs"));
+                }
+                if name.len() > MAX_SCHEDULED_NAME {
+                    return Err(SpecError::new(
+                        "name",
+                        format!(
+                            "a scheduled job's name must be at most {MAX_SCHEDULED_NAME} characters (its runs add 13)"
+                        ),
+                    ));
+                }
+            }
+            None => {}
+        }
         if !(1..=MAX_INSTANCES).contains(&self.completions) {
             return Err(SpecError::new("job.completions", format!("must be between 1 and {MAX_INSTANCES}")));
         }
@@ -931,6 +1001,29 @@ labels = { residency = "eu", tier = "gold" }
         for (line, field) in cases {
             let text = format!("{HELLO}\n[job]\n{line}\n");
             assert_eq!(AppSpec::from_toml(&text).expect_err(line).field, field, "{line}");
+        }
+    }
+
+    #[test]
+    fn a_scheduled_job_has_a_valid_cron_expression_and_zone() {
+        let text = format!(
+            "{HELLO}\n[job]\nschedule = \"30 2 * * *\"\ntime_zone = \"Europe/Berlin\"\nconcurrency = \"replace\"\nmissed = \"skip\"\n"
+        );
+        let job = AppSpec::from_toml(&text).expect("scheduled").job.expect("job");
+        assert_eq!(job.concurrency, Concurrency::Replace);
+        assert_eq!(job.missed, Missed::Skip);
+        assert!(job.cron().expect("scheduled").is_ok());
+        let cases = [
+            ("schedule = \"61 * * * *\"", "job.schedule"),
+            ("schedule = \"* * *\"", "job.schedule"),
+            ("schedule = \"@daily\"\ntime_zone = \"Mars/Olympus\"", "job.time_zone"),
+            ("time_zone = \"UTC\"", "job.time_zone"),
+            ("schedule = \"@daily\"\ndepends_on = [\"x\"]", "job.depends_on"),
+            ("schedule = \"@daily\"\nconcurrency = \"sometimes\"", "job.concurrency"),
+        ];
+        for (lines, field) in cases {
+            let text = format!("{HELLO}\n[job]\n{lines}\n");
+            assert_eq!(AppSpec::from_toml(&text).expect_err(lines).field, field, "{lines}");
         }
     }
 }

@@ -414,7 +414,8 @@ async fn follow_job(client: &Client, path: &str, name: &str, timeout: u64, json:
             last_line = line;
         }
         match detail.summary.job_state.as_str() {
-            "succeeded" => return print(json, &detail, String::new),
+            // A scheduled job starts runs of its own (`canopy apps` lists them as <name>-<time>).
+            "succeeded" | "scheduled" => return print(json, &detail, String::new),
             "failed" => bail!("job {name} failed: {}", detail.summary.job_message),
             _ => {}
         }

@@ -5,8 +5,10 @@
 //! used up, deadline passed, a dependency failed).
 
 use super::machines::to_i64;
-use super::{Result, record};
-use canopy_core::spec::{AppSpec, JobSpec};
+use super::{Result, StoreError, record};
+use canopy_core::cron::{ConcurrencyPolicy, MissedRunPolicy, StartDecision, decide_start};
+use canopy_core::spec::{AppSpec, Concurrency, JobSpec, Missed};
+use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -40,6 +42,9 @@ pub(super) struct JobApp<'a> {
 
 /// Advances one job; returns how many changes it made.
 pub(super) async fn reconcile_job(tx: &mut Transaction<'static, Postgres>, app: JobApp<'_>) -> Result<usize> {
+    if app.job.schedule.is_some() {
+        return reconcile_schedule(tx, app).await;
+    }
     let (state, running_ms): (String, Option<i64>) = sqlx::query_as(
         "SELECT job_state, (EXTRACT(EPOCH FROM now() - started_at) * 1000)::bigint FROM apps WHERE id = $1",
     )
@@ -184,4 +189,119 @@ async fn finish(tx: &mut Transaction<'static, Postgres>, app: &JobApp<'_>, succe
     record(tx, "system", &format!("job.{state}"), app.name, Some(app.team), detail).await?;
     tracing::info!(job = app.name, state, reason = why, "job ended");
     Ok(1)
+}
+
+/// A scheduled job: starts a run (a job of its own) for each due instant, as its policies say.
+async fn reconcile_schedule(tx: &mut Transaction<'static, Postgres>, app: JobApp<'_>) -> Result<usize> {
+    let schedule = match app.job.cron() {
+        Some(Ok(schedule)) => schedule,
+        Some(Err(e)) => return Err(StoreError::Corrupt(format!("job {}: schedule: {e}", app.name))),
+        None => return Ok(0),
+    };
+    let (last, created): (Option<DateTime<Utc>>, DateTime<Utc>) =
+        sqlx::query_as("SELECT cron_last, created_at FROM apps WHERE id = $1")
+            .bind(app.id)
+            .fetch_one(&mut **tx)
+            .await?;
+    let policy = match app.job.missed {
+        Missed::Skip => MissedRunPolicy::skip(),
+        Missed::RunOnce => MissedRunPolicy::run_once(
+            app.job.starting_deadline.map(|d| chrono::Duration::milliseconds(d.0.min(i64::MAX as u64) as i64)),
+        ),
+    };
+    let now = Utc::now();
+    let due = schedule.due(last, now, policy, created);
+    let mut changes = 0;
+    if let Some(through) = due.handled_through {
+        for missed in &due.skipped {
+            let detail = serde_json::json!({"instant": missed, "reason": "missed"});
+            record(tx, "scheduler", "job.run_skipped", app.name, Some(app.team), detail).await?;
+        }
+        if let Some(instant) = due.run {
+            let active: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM apps WHERE parent_id = $1 AND deleted_at IS NULL AND job_state IN ('waiting', 'running')",
+            )
+            .bind(app.id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let concurrency = match app.job.concurrency {
+                Concurrency::Allow => ConcurrencyPolicy::Allow,
+                Concurrency::Forbid => ConcurrencyPolicy::Forbid,
+                Concurrency::Replace => ConcurrencyPolicy::Replace,
+            };
+            match decide_start(concurrency, !active.is_empty()) {
+                StartDecision::SkipPreviousActive => {
+                    let detail = serde_json::json!({"instant": instant, "reason": "the previous run is still active"});
+                    record(tx, "scheduler", "job.run_skipped", app.name, Some(app.team), detail).await?;
+                }
+                decision => {
+                    if decision == StartDecision::StopPreviousThenStart {
+                        replace_runs(tx, &active, instant).await?;
+                    }
+                    start_run(tx, &app, instant).await?;
+                }
+            }
+        }
+        sqlx::query("UPDATE apps SET cron_last = $2 WHERE id = $1")
+            .bind(app.id)
+            .bind(through)
+            .execute(&mut **tx)
+            .await?;
+        changes += 1;
+    }
+    let next = due.next.map_or("never".to_string(), |next| next.to_rfc3339());
+    Ok(changes + set_state(tx, &app, "scheduled", &format!("{schedule}; next run {next}")).await?)
+}
+
+/// Ends the runs a new one replaces (their tasks are stopped).
+async fn replace_runs(tx: &mut Transaction<'static, Postgres>, runs: &[Uuid], instant: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE apps SET job_state = 'failed', job_message = $2, finished_at = now() WHERE id = ANY($1)")
+        .bind(runs)
+        .bind(format!("replaced by the run scheduled at {}", instant.to_rfc3339()))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE tasks SET desired = 'stop' WHERE app_id = ANY($1) AND desired = 'run'
+           AND state IN ('pending', 'assigned', 'running')",
+    )
+    .bind(runs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Starts the run for `instant`: a job of its own, `<name>-<yyyymmddhhmm>` (UTC), with the
+/// scheduled job's spec without the schedule. A run that exists already is not started again.
+async fn start_run(tx: &mut Transaction<'static, Postgres>, app: &JobApp<'_>, instant: DateTime<Utc>) -> Result<()> {
+    let name = format!("{}-{}", app.name, instant.format("%Y%m%d%H%M"));
+    let mut spec = app.spec.clone();
+    spec.name = name.clone();
+    if let Some(job) = &mut spec.job {
+        job.schedule = None;
+        job.time_zone = None;
+    }
+    let spec_json = serde_json::to_value(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let id = Uuid::new_v4();
+    let created = sqlx::query(
+        "INSERT INTO apps (id, team_id, name, version, instances, rollout, job_state, parent_id)
+         VALUES ($1, $2, $3, 1, 1, 'progressing', 'waiting', $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(app.team)
+    .bind(&name)
+    .bind(app.id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if created == 0 {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO app_versions (app_id, version, spec) VALUES ($1, 1, $2)")
+        .bind(id)
+        .bind(&spec_json)
+        .execute(&mut **tx)
+        .await?;
+    let detail = serde_json::json!({"instant": instant, "run": name});
+    record(tx, "scheduler", "job.run_started", app.name, Some(app.team), detail).await?;
+    Ok(())
 }

@@ -160,8 +160,8 @@ impl Store {
         tx: &mut Transaction<'static, Postgres>,
         machine_id: Uuid,
     ) -> Result<Vec<TaskAssignment>> {
-        let rows: Vec<(Uuid, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT t.id, a.name, v.spec FROM tasks t
+        let rows: Vec<(Uuid, String, serde_json::Value, i32)> = sqlx::query_as(
+            "SELECT t.id, a.name, v.spec, t.instance FROM tasks t
              JOIN apps a ON a.id = t.app_id
              JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
              WHERE t.machine_id = $1 AND t.desired = 'run' AND t.state IN ('assigned', 'running')
@@ -171,10 +171,10 @@ impl Store {
         .fetch_all(&mut **tx)
         .await?;
         rows.into_iter()
-            .map(|(task_id, app, spec)| {
+            .map(|(task_id, app, spec, instance)| {
                 let spec: AppSpec =
                     serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {app}: {e}")))?;
-                Ok(assignment(task_id, app, spec))
+                Ok(assignment(task_id, app, spec, instance))
             })
             .collect()
     }
@@ -461,13 +461,16 @@ impl Store {
     }
 }
 
-fn assignment(task_id: Uuid, app: String, spec: AppSpec) -> TaskAssignment {
+fn assignment(task_id: Uuid, app: String, spec: AppSpec, instance: i32) -> TaskAssignment {
+    let mut env = spec.env.into_iter().collect::<BTreeMap<_, _>>();
+    // Which instance (for a job: which completion index) this task is.
+    env.insert("CANOPY_INSTANCE".into(), instance.to_string());
     TaskAssignment {
         task_id,
         app,
         command: spec.command,
         args: spec.args,
-        env: spec.env.into_iter().collect::<BTreeMap<_, _>>(),
+        env,
         resources: spec.resources.resources(),
         pids_limit: spec.resources.pids,
         ports: spec.ports,

@@ -48,7 +48,8 @@ async fn a_job_runs_its_completions_at_most_parallelism_at_a_time_and_succeeds()
     let dir = tempfile_dir(&stack, "parallel")?;
     // Each run notes how many runs are live at once, then exits 0.
     let script = format!(
-        "d={dir}; touch $d/live.$$; ls $d | grep -c '^live' >> $d/seen; sleep 0.5; rm $d/live.$$",
+        "d={dir}; echo $CANOPY_INSTANCE >> $d/indexes; touch $d/live.$$; ls $d | grep -c '^live' >> $d/seen; \
+         sleep 0.5; rm $d/live.$$",
         dir = dir.display()
     );
     let accepted = stack.deploy(&job("crunch", &script, "completions = 5\nparallelism = 2")).await?;
@@ -61,6 +62,10 @@ async fn a_job_runs_its_completions_at_most_parallelism_at_a_time_and_succeeds()
     let seen = std::fs::read_to_string(dir.join("seen"))?;
     let most = seen.lines().filter_map(|l| l.trim().parse::<u32>().ok()).max().unwrap_or(0);
     assert!((1..=2).contains(&most), "at most 2 runs at once, saw {most}: {seen}");
+    let mut indexes: Vec<u32> =
+        std::fs::read_to_string(dir.join("indexes"))?.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    indexes.sort();
+    assert_eq!(indexes, vec![0, 1, 2, 3, 4], "each completion index ran once (CANOPY_INSTANCE)");
     Ok(())
 }
 
@@ -143,4 +148,48 @@ fn tempfile_dir(stack: &Stack, name: &str) -> anyhow::Result<std::path::PathBuf>
     let dir = stack.dir.join(name);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[tokio::test]
+async fn a_scheduled_job_starts_a_run_of_its_own_at_each_due_minute() -> anyhow::Result<()> {
+    let stack = Stack::start(1).await?;
+    let spec = job("tick", "echo tick", "schedule = \"* * * * *\"\ntime_zone = \"Europe/Berlin\"");
+    stack.deploy(&spec).await?;
+    stack
+        .wait("the schedule to be set up", Duration::from_secs(5), || async {
+            let tick = stack.developer.get("/v1/apps/tick").await?;
+            Ok(tick["job_state"] == "scheduled")
+        })
+        .await?;
+    let tick = stack.developer.get("/v1/apps/tick").await?;
+    let message = tick["job_message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("* * * * * (Europe/Berlin); next run "), "{message}");
+    assert!(runs(&tick).is_empty(), "the scheduled job itself runs nothing");
+
+    // Within the next minute (plus the run itself) a run named after its instant succeeds.
+    let started = Instant::now();
+    let run = loop {
+        let apps = stack.developer.get("/v1/apps").await?;
+        let found = apps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["name"].as_str().is_some_and(|n| n.starts_with("tick-")) && a["job_state"] == "succeeded");
+        if let Some(found) = found {
+            break found.clone();
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(90), "no scheduled run succeeded: {apps:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let name = run["name"].as_str().unwrap_or_default();
+    assert_eq!(name.len(), "tick-".len() + 12, "{name}");
+    let events = stack.developer.get("/v1/events?limit=50").await?;
+    let started = events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "job.run_started" && e["detail"]["run"] == name)
+        .count();
+    assert_eq!(started, 1, "each instant runs once: {events:#}");
+    Ok(())
 }
