@@ -61,7 +61,19 @@ pub struct AppSpec {
     /// Present for a batch job: its tasks run to completion instead of being kept running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobSpec>,
+    /// Higher is placed first; when the pool has no room and none can be bought, a task may
+    /// evict running batch-job tasks of strictly lower priority (they run again later).
+    /// Left out of the serialized form when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
 }
+
+fn is_zero(value: &i32) -> bool {
+    *value == 0
+}
+
+/// The range of `priority`.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// A batch job, as Kubernetes Jobs and Nomad batch jobs: `completions` runs must exit 0,
 /// at most `parallelism` at once; a failed run is retried (a new task, after `backoff`,
@@ -647,6 +659,12 @@ impl AppSpec {
         if let Some(autoscale) = &self.autoscale {
             autoscale.validate()?;
         }
+        if !PRIORITIES.contains(&self.priority) {
+            return Err(SpecError::new(
+                "priority",
+                format!("must be between {} and {}", PRIORITIES.start(), PRIORITIES.end()),
+            ));
+        }
         if let Some(job) = &self.job {
             job.validate(&self.name)?;
             if self.autoscale.is_some() {
@@ -1025,5 +1043,16 @@ labels = { residency = "eu", tier = "gold" }
             let text = format!("{HELLO}\n[job]\n{lines}\n");
             assert_eq!(AppSpec::from_toml(&text).expect_err(lines).field, field, "{lines}");
         }
+    }
+
+    #[test]
+    fn priority_is_bounded_and_left_out_of_the_json_when_zero() {
+        let spec = AppSpec::from_toml(HELLO).expect("hello");
+        assert_eq!(spec.priority, 0);
+        assert!(serde_json::to_value(&spec).expect("json").get("priority").is_none());
+        let high = AppSpec::from_toml(&HELLO.replace("name = ", "priority = 10\nname = ")).expect("priority");
+        assert_eq!(high.priority, 10);
+        let error = AppSpec::from_toml(&HELLO.replace("name = ", "priority = 5000\nname = ")).expect_err("range");
+        assert_eq!(error.field, "priority");
     }
 }

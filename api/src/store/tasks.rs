@@ -6,7 +6,7 @@ use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
 use canopy_core::schedule::{
-    Catalog, Constraints, Policy, Quota, Snapshot, SpotPolicy, TaskAsk, WorkloadKind, schedule,
+    Catalog, Constraints, Policy, Quota, RunningTask, Snapshot, SpotPolicy, TaskAsk, WorkloadKind, schedule,
 };
 use canopy_core::spec::{AppSpec, PlacementSpec};
 use canopy_core::task::TaskState;
@@ -58,6 +58,7 @@ struct PendingTask {
     /// NULL for specs without one, including versions stored before it existed.
     placement: Option<serde_json::Value>,
     job: bool,
+    priority: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -119,7 +120,9 @@ impl Store {
             };
             sqlx::query(
                 "UPDATE tasks SET state = $3, pid = $4, ports = $5, healthy = $6, restarts = $7,
-                        exit_code = $8, exit_signal = $9, oom_killed = oom_killed OR $10, message = $11,
+                        exit_code = $8, exit_signal = $9, oom_killed = oom_killed OR $10,
+                        -- Why the control service stopped it stays, unless the agent says more.
+                        message = CASE WHEN $11 = '' AND desired = 'stop' THEN message ELSE $11 END,
                         cpu_usec = $12, memory_bytes = $13, memory_peak = $14,
                         started_at = COALESCE(started_at, now()),
                         finished_at = CASE WHEN $3 IN ('exited', 'failed', 'stopped') THEN now() END
@@ -369,7 +372,8 @@ impl Store {
         let pending: Vec<PendingTask> = sqlx::query_as(
             "SELECT t.id, t.app_id, t.milli_cpu, t.memory,
                     COALESCE((v.spec->>'interruptible')::boolean, false) AS interruptible,
-                    v.spec->'placement' AS placement, v.spec ? 'job' AS job
+                    v.spec->'placement' AS placement, v.spec ? 'job' AS job,
+                    COALESCE((v.spec->>'priority')::int, 0) AS priority
              FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
              WHERE t.state = 'pending' AND t.desired = 'run' ORDER BY t.created_at, t.id",
         )
@@ -381,15 +385,37 @@ impl Store {
         // Spot only ever serves interruptible work; apps say whether they are.
         let policy =
             Policy { spot: SpotPolicy { service: true, batch: true }, quotas: quotas.clone(), ..Default::default() };
-        let snapshot = Snapshot {
-            machines: Self::ready_machines(&mut tx).await?,
-            catalog: catalog.clone(),
-            policy,
-            ..Default::default()
-        };
+        // Running batch-job tasks may be evicted for higher-priority work that fits nowhere.
+        let running: Vec<(Uuid, Uuid, Uuid, i64, i64, i32, bool)> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory, COALESCE((v.spec->>'priority')::int, 0),
+                    v.spec ? 'job'
+             FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
+             JOIN machines m ON m.id = t.machine_id
+             WHERE t.state IN ('assigned', 'running') AND t.desired = 'run' AND m.state = 'ready'",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let running = running
+            .into_iter()
+            .map(|(id, app, machine, cpu, memory, priority, job)| RunningTask {
+                task: TaskAsk {
+                    id,
+                    group: app.to_string(),
+                    resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
+                    priority,
+                    preemptible: job,
+                    kind: if job { WorkloadKind::Batch } else { WorkloadKind::Service },
+                    ..Default::default()
+                },
+                machine,
+                do_not_disrupt: false,
+            })
+            .collect();
+        let snapshot =
+            Snapshot { machines: Self::ready_machines(&mut tx).await?, catalog: catalog.clone(), policy, running };
         let asks: Vec<TaskAsk> = pending
             .iter()
-            .map(|PendingTask { id, app_id, milli_cpu: cpu, memory, interruptible, placement, job }| {
+            .map(|PendingTask { id, app_id, milli_cpu: cpu, memory, interruptible, placement, job, priority }| {
                 let placement: PlacementSpec = match placement {
                     Some(placement) => serde_json::from_value(placement.clone())
                         .map_err(|e| StoreError::Corrupt(format!("app {app_id}: placement: {e}")))?,
@@ -399,7 +425,7 @@ impl Store {
                     id: *id,
                     group: app_id.to_string(),
                     resources: Resources::new((*cpu).max(0) as u64, (*memory).max(0) as u64),
-                    priority: 0,
+                    priority: *priority,
                     interruptible: *interruptible,
                     kind: if *job { WorkloadKind::Batch } else { WorkloadKind::Service },
                     // Agents and sample apps are built for amd64; a spec field can lift this later.
@@ -420,6 +446,17 @@ impl Store {
             .bind(placement.machine)
             .execute(&mut *tx)
             .await?;
+        }
+        for preemption in &plan.preemptions {
+            sqlx::query("UPDATE tasks SET desired = 'stop', message = $2 WHERE id = $1 AND desired = 'run'")
+                .bind(preemption.task)
+                .bind(format!("preempted by task {} of higher priority", preemption.for_task))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !plan.preemptions.is_empty() {
+            let detail = serde_json::json!({"evicted": plan.preemptions.len()});
+            record(&mut tx, "system", "tasks.preempted", "placement", None, detail).await?;
         }
         for unplaced in &plan.unplaced {
             sqlx::query("UPDATE tasks SET message = $2 WHERE id = $1")

@@ -193,3 +193,43 @@ async fn a_scheduled_job_starts_a_run_of_its_own_at_each_due_minute() -> anyhow:
     assert_eq!(started, 1, "each instant runs once: {events:#}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_high_priority_app_preempts_a_low_priority_batch_run_which_runs_again_later() -> anyhow::Result<()> {
+    // One machine of 1 cpu: the batch run takes 800m, the app needs 500m.
+    let stack = Stack::start(1).await?;
+    let batch = job("backfill", "sleep 30", "retries = 0").replace("cpu = 100", "cpu = 800");
+    stack.deploy(&batch).await?;
+    stack
+        .wait("the batch run to start", Duration::from_secs(20), || async {
+            let backfill = stack.developer.get("/v1/apps/backfill").await?;
+            Ok(runs(&backfill).iter().any(|r| r["state"] == "running"))
+        })
+        .await?;
+    let urgent = canopy_e2e::hello_spec("urgent", 1).replace("cpu = 100", "cpu = 500");
+    let urgent = format!("priority = 10\n{urgent}");
+    stack.deploy(&urgent).await?;
+    stack.wait_running("urgent", 1, Duration::from_secs(30)).await?;
+    let backfill = stack.developer.get("/v1/apps/backfill").await?;
+    let first = runs(&backfill).into_iter().find(|r| r["message"].as_str().is_some_and(|m| m.starts_with("preempted")));
+    let first = first.ok_or_else(|| anyhow::anyhow!("no preempted run: {backfill:#}"))?;
+    assert_ne!(first["state"], "running", "{first:#}");
+    // Preemption is not a failure: the job goes on (retries = 0 would have failed it) and its
+    // index waits for room again.
+    assert_eq!(backfill["job_state"], "running", "{backfill:#}");
+    stack
+        .wait("the index to be queued again", Duration::from_secs(10), || async {
+            let backfill = stack.developer.get("/v1/apps/backfill").await?;
+            Ok(runs(&backfill).iter().any(|r| r["state"] == "pending"))
+        })
+        .await?;
+    // Once the app is gone, the batch run gets its room back.
+    stack.developer.call(Method::DELETE, "/v1/apps/urgent", None).await?.ok()?;
+    stack
+        .wait("the batch index to run again", Duration::from_secs(30), || async {
+            let backfill = stack.developer.get("/v1/apps/backfill").await?;
+            Ok(runs(&backfill).iter().any(|r| r["state"] == "running"))
+        })
+        .await?;
+    Ok(())
+}
