@@ -283,11 +283,20 @@ pub struct UpdateSpec {
     pub max_unavailable: u32,
     pub health_deadline: Millis,
     pub auto_rollback: bool,
+    /// Bring up this many new-version instances first, then pause the rollout until it is
+    /// promoted (`canopy promote APP`); 0: no canary step.
+    pub canary: u32,
 }
 
 impl Default for UpdateSpec {
     fn default() -> Self {
-        UpdateSpec { max_surge: 1, max_unavailable: 0, health_deadline: Millis::from_secs(120), auto_rollback: true }
+        UpdateSpec {
+            max_surge: 1,
+            max_unavailable: 0,
+            health_deadline: Millis::from_secs(120),
+            auto_rollback: true,
+            canary: 0,
+        }
     }
 }
 
@@ -305,6 +314,9 @@ impl UpdateSpec {
         }
         if self.health_deadline.0 == 0 {
             return Err(SpecError::new("update.health_deadline", "must be more than 0"));
+        }
+        if self.canary > MAX_INSTANCES {
+            return Err(SpecError::new("update.canary", format!("must be at most {MAX_INSTANCES}")));
         }
         Ok(())
     }

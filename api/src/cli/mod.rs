@@ -82,6 +82,8 @@ enum Command {
     },
     /// Set an app's number of instances.
     Scale { app: String, instances: u32 },
+    /// Let a rollout paused after its canary step go on.
+    Promote { app: String },
     /// Go back to the last version fully rolled out (or the one before the current), or `--to`.
     Rollback {
         app: String,
@@ -240,6 +242,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             eprintln!("canopy: the task of {app} instance {instance} has ended; its log is complete");
             Ok(())
+        }
+        Command::Promote { app } => {
+            let detail: AppDetail = client.post(&format!("/v1/apps/{app}/promote"), &serde_json::json!({})).await?;
+            print(json, &detail, || format!("{app}: version {} promoted\n", detail.summary.version))
         }
         Command::Rollback { app, to } => {
             let detail: AppDetail =
@@ -447,6 +453,12 @@ async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout:
         let detail: AppDetail = client.get(&path).await?;
         if detail.summary.version != version {
             bail!("{}: {} (now at version {})", spec.name, detail.summary.rollout, detail.summary.version);
+        }
+        if detail.summary.rollout.starts_with("paused") {
+            if !json {
+                println!("{}: {}", spec.name, detail.summary.rollout);
+            }
+            return print(json, &detail, String::new);
         }
         let current: Vec<_> = detail.tasks.iter().filter(|t| t.version == version && t.desired == "run").collect();
         let healthy: Vec<_> = current

@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{name}", get(show).put(deploy).delete(delete))
         .route("/apps/{name}/scale", post(scale))
         .route("/apps/{name}/rollback", post(rollback))
+        .route("/apps/{name}/promote", post(promote))
         .route("/apps/{name}/endpoints", get(endpoints))
         .route("/apps/{name}/logs", get(logs))
 }
@@ -148,6 +149,17 @@ async fn rollback(
     caller.require(WRITERS, "roll back apps")?;
     let scope = scope(&state, &caller, q.team.as_deref()).await?;
     Ok(Json(state.store.rollback_app(&caller.actor(), scope, &name, request.to).await?))
+}
+
+async fn promote(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+) -> Result<Json<AppDetail>, ApiError> {
+    caller.require(WRITERS, "promote rollouts")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    Ok(Json(state.store.promote_app(&caller.actor(), scope, &name).await?))
 }
 
 async fn delete(

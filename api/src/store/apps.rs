@@ -136,7 +136,8 @@ impl Store {
                 // A job whose spec changed runs again, from the start.
                 sqlx::query(
                     "UPDATE apps SET version = $2, instances = $3, rollout = 'progressing', job_state = $4,
-                                     job_message = '', started_at = NULL, finished_at = NULL, updated_at = now()
+                                     job_message = '', started_at = NULL, finished_at = NULL, promoted = false,
+                                     updated_at = now()
                      WHERE id = $1",
                 )
                 .bind(id)
@@ -289,6 +290,29 @@ impl Store {
         .await?;
         let detail = serde_json::json!({"from": current, "to": target, "reason": "asked"});
         record(&mut tx, actor, "app.rolled_back", name, Some(team), detail).await?;
+        tx.commit().await?;
+        self.app(scope, name).await
+    }
+
+    /// Lets a rollout paused after its canary step go on.
+    pub async fn promote_app(&self, actor: &str, scope: Scope, name: &str) -> Result<AppDetail> {
+        let app = self.app(scope, name).await?;
+        if app.summary.stable_version == Some(app.summary.version) {
+            return Err(StoreError::Conflict(format!(
+                "app {name:?}: version {} is already fully rolled out; nothing to promote",
+                app.summary.version
+            )));
+        }
+        let mut tx = self.begin().await?;
+        let team: Uuid = sqlx::query_scalar(
+            "UPDATE apps SET promoted = true, rollout = 'progressing', updated_at = now() WHERE id = $1
+             RETURNING team_id",
+        )
+        .bind(app.summary.id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let detail = serde_json::json!({"version": app.summary.version});
+        record(&mut tx, actor, "app.promoted", name, Some(team), detail).await?;
         tx.commit().await?;
         self.app(scope, name).await
     }

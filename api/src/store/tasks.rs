@@ -42,6 +42,7 @@ struct LiveApp {
     name: String,
     version: i32,
     stable_version: Option<i32>,
+    promoted: bool,
     instances: i32,
     deleted: bool,
     spec: serde_json::Value,
@@ -188,7 +189,7 @@ impl Store {
     pub async fn reconcile_apps(&self) -> Result<usize> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
         let apps = sqlx::query_as::<_, LiveApp>(
-            "SELECT a.id, a.team_id, a.name, a.version, a.stable_version, a.instances,
+            "SELECT a.id, a.team_id, a.name, a.version, a.stable_version, a.promoted, a.instances,
                     a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
              JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
              WHERE (a.deleted_at IS NULL AND a.job_state NOT IN ('succeeded', 'failed'))
@@ -208,7 +209,7 @@ impl Store {
         .await?;
         let mut changes = 0;
         for app in apps {
-            let LiveApp { id: app_id, ref name, version, stable_version, instances, deleted, .. } = app;
+            let LiveApp { id: app_id, ref name, version, stable_version, promoted, instances, deleted, .. } = app;
             let spec: AppSpec =
                 serde_json::from_value(app.spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
             if let Some(job) = &spec.job
@@ -274,6 +275,9 @@ impl Store {
                     if old_serves { surge += 1 } else { unavailable += 1 }
                 }
             }
+            // A canary step: only `canary` slots get the new version until it is promoted.
+            let canary_hold = rolling && update.canary > 0 && !promoted;
+            let mut updated = (0..wanted).filter(|&i| current(i).is_some()).count() as u32;
             let mut to_stop = Vec::new();
             for instance in 0..wanted {
                 if current(instance).is_some() {
@@ -286,6 +290,7 @@ impl Store {
                     // instance that serves nobody: no availability to protect.
                     None => true,
                     Some(old) if old.version == version || !old.serving() => true,
+                    Some(_) if canary_hold && updated >= update.canary => false,
                     Some(old) => {
                         if surge < update.max_surge {
                             surge += 1;
@@ -300,6 +305,7 @@ impl Store {
                     }
                 };
                 if start {
+                    updated += 1;
                     sqlx::query(
                         "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
                          VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
@@ -337,6 +343,20 @@ impl Store {
                     .bind(&to_stop)
                     .execute(&mut *tx)
                     .await?;
+            }
+            // The canaries are healthy: the rollout waits for a person.
+            if canary_hold && ready.len() as u32 >= update.canary.min(wanted as u32) {
+                let paused = format!(
+                    "paused: {} canary instance(s) of v{version} healthy; `canopy promote {name}` goes on, \
+                     `canopy rollback {name}` goes back",
+                    ready.len()
+                );
+                changes += sqlx::query("UPDATE apps SET rollout = $2 WHERE id = $1 AND rollout <> $2")
+                    .bind(app_id)
+                    .bind(&paused)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected() as usize;
             }
             // Every slot runs a ready instance of this version: the rollout is complete.
             if !deleted && stable_version != Some(version) && (0..wanted).all(|i| ready.contains(&i)) {

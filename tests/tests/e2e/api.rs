@@ -117,6 +117,7 @@ async fn openapi_document_lists_every_route() -> anyhow::Result<()> {
         "/v1/apps/{name}",
         "/v1/apps/{name}/scale",
         "/v1/apps/{name}/rollback",
+        "/v1/apps/{name}/promote",
         "/v1/apps/{name}/endpoints",
         "/v1/apps/{name}/logs",
         "/v1/machines",

@@ -119,3 +119,36 @@ async fn a_good_version_rolls_out_and_can_be_rolled_back_by_hand() -> anyhow::Re
     assert_eq!(stack.deploy(&v3).await?["version"], 3);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_canary_step_pauses_the_rollout_until_it_is_promoted() -> anyhow::Result<()> {
+    let stack = Stack::start(3).await?;
+    let v1 = hello_spec("web", 3);
+    stack.deploy(&v1).await?;
+    wait_rollout(&stack, "web", |a| a["rollout"] == "complete").await?;
+    let v2 = format!("{}\n[update]\ncanary = 1\n", v1.replace("stop_grace = \"2s\"", "stop_grace = \"3s\""));
+    stack.deploy(&v2).await?;
+    let app = wait_rollout(&stack, "web", |a| a["rollout"].as_str().is_some_and(|r| r.starts_with("paused"))).await?;
+    let rollout = app["rollout"].as_str().unwrap_or_default();
+    assert!(rollout.contains("canopy promote web"), "{rollout}");
+    // Paused: one new instance, the other two still the old version, and it stays so.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let app = stack.developer.get("/v1/apps/web").await?;
+    let serving = |version: i64| {
+        app["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["version"] == version && t["state"] == "running" && t["desired"] == "run")
+            .count()
+    };
+    assert_eq!((serving(2), serving(1)), (1, 2), "{app:#}");
+    assert_eq!(app["stable_version"], 1);
+
+    stack.developer.call(Method::POST, "/v1/apps/web/promote", Some(json!({}))).await?.ok()?;
+    let app = wait_rollout(&stack, "web", |a| a["rollout"] == "complete" && a["stable_version"] == 2).await?;
+    assert_eq!(urls(&app, 2).len(), 3, "{app:#}");
+    let again = stack.developer.call(Method::POST, "/v1/apps/web/promote", Some(json!({}))).await?;
+    assert_eq!(again.status, 409, "{}", again.body);
+    Ok(())
+}
