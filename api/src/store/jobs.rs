@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 /// One run of a job index.
 #[derive(sqlx::FromRow)]
-struct Run {
+pub(super) struct Run {
+    pub app_id: Uuid,
     id: Uuid,
     version: i32,
     instance: i32,
@@ -38,6 +39,27 @@ pub(super) struct JobApp<'a> {
     pub version: i32,
     pub spec: &'a AppSpec,
     pub job: &'a JobSpec,
+    /// As stored: `job_state`, `job_message`, and how long ago it started.
+    pub state: &'a str,
+    pub message: &'a str,
+    pub running_ms: Option<i64>,
+    /// Its tasks, oldest first (see [`load_runs`]).
+    pub runs: &'a [Run],
+}
+
+/// The tasks of these jobs, oldest first, in one query for the whole step.
+pub(super) async fn load_runs(tx: &mut Transaction<'static, Postgres>, jobs: &[Uuid]) -> Result<Vec<Run>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_as(
+        "SELECT app_id, id, version, instance, state, desired, message,
+                (EXTRACT(EPOCH FROM now() - finished_at) * 1000)::bigint AS ended_ms
+         FROM tasks WHERE app_id = ANY($1) ORDER BY created_at",
+    )
+    .bind(jobs)
+    .fetch_all(&mut **tx)
+    .await?)
 }
 
 /// Advances one job; returns how many changes it made.
@@ -45,20 +67,7 @@ pub(super) async fn reconcile_job(tx: &mut Transaction<'static, Postgres>, app: 
     if app.job.schedule.is_some() {
         return reconcile_schedule(tx, app).await;
     }
-    let (state, running_ms): (String, Option<i64>) = sqlx::query_as(
-        "SELECT job_state, (EXTRACT(EPOCH FROM now() - started_at) * 1000)::bigint FROM apps WHERE id = $1",
-    )
-    .bind(app.id)
-    .fetch_one(&mut **tx)
-    .await?;
-    let runs: Vec<Run> = sqlx::query_as(
-        "SELECT id, version, instance, state, desired, message,
-                (EXTRACT(EPOCH FROM now() - finished_at) * 1000)::bigint AS ended_ms
-         FROM tasks WHERE app_id = $1 ORDER BY created_at",
-    )
-    .bind(app.id)
-    .fetch_all(&mut **tx)
-    .await?;
+    let (state, running_ms, runs) = (app.state, app.running_ms, app.runs);
     // Runs of an earlier version of the job are not wanted.
     let unwanted: Vec<Uuid> =
         runs.iter().filter(|r| r.desired == "run" && r.active() && r.version != app.version).map(|r| r.id).collect();
@@ -157,6 +166,9 @@ async fn set_state(
     state: &str,
     message: &str,
 ) -> Result<usize> {
+    if app.state == state && app.message == message {
+        return Ok(0);
+    }
     let changed = sqlx::query(
         "UPDATE apps SET job_state = $2, job_message = $3 WHERE id = $1 AND (job_state, job_message) <> ($2, $3)",
     )

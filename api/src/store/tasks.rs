@@ -13,7 +13,7 @@ use canopy_core::task::TaskState;
 use canopy_core::wire::{RunState, TaskAssignment, TaskReport};
 use serde::Serialize;
 use sqlx::{Postgres, Transaction};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -46,6 +46,10 @@ struct LiveApp {
     instances: i32,
     deleted: bool,
     spec: serde_json::Value,
+    job_state: String,
+    job_message: String,
+    /// Milliseconds since a job started.
+    running_ms: Option<i64>,
 }
 
 /// A task waiting for a machine, with what placement needs from its spec.
@@ -190,7 +194,9 @@ impl Store {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
         let apps = sqlx::query_as::<_, LiveApp>(
             "SELECT a.id, a.team_id, a.name, a.version, a.stable_version, a.promoted, a.instances,
-                    a.deleted_at IS NOT NULL AS deleted, v.spec FROM apps a
+                    a.deleted_at IS NOT NULL AS deleted, v.spec, a.job_state, a.job_message,
+                    (EXTRACT(EPOCH FROM now() - a.started_at) * 1000)::bigint AS running_ms
+             FROM apps a
              JOIN app_versions v ON v.app_id = a.id AND v.version = a.version
              WHERE (a.deleted_at IS NULL AND a.job_state NOT IN ('succeeded', 'failed'))
                 OR EXISTS (SELECT 1 FROM tasks t WHERE t.app_id = a.id AND t.state = 'pending')",
@@ -207,6 +213,11 @@ impl Store {
         .bind(apps.iter().map(|a| a.id).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
+        let jobs: Vec<Uuid> = apps.iter().filter(|a| a.spec.get("job").is_some()).map(|a| a.id).collect();
+        let mut runs: HashMap<Uuid, Vec<super::jobs::Run>> = HashMap::new();
+        for run in super::jobs::load_runs(&mut tx, &jobs).await? {
+            runs.entry(run.app_id).or_default().push(run);
+        }
         let mut changes = 0;
         for app in apps {
             let LiveApp { id: app_id, ref name, version, stable_version, promoted, instances, deleted, .. } = app;
@@ -215,7 +226,18 @@ impl Store {
             if let Some(job) = &spec.job
                 && !deleted
             {
-                let app = super::jobs::JobApp { id: app_id, team: app.team_id, name, version, spec: &spec, job };
+                let app = super::jobs::JobApp {
+                    id: app_id,
+                    team: app.team_id,
+                    name,
+                    version,
+                    spec: &spec,
+                    job,
+                    state: &app.job_state,
+                    message: &app.job_message,
+                    running_ms: app.running_ms,
+                    runs: runs.get(&app_id).map_or(&[], Vec::as_slice),
+                };
                 changes += super::jobs::reconcile_job(&mut tx, app).await?;
                 continue;
             }
