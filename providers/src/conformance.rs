@@ -5,7 +5,121 @@
 
 use crate::{CreateMachine, Interruption, MachineStatus, Provider, ProviderError, TAG_CLUSTER, TAG_MACHINE};
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+/// A local emulator (localstack/): `PYTHON SCRIPT --host 127.0.0.1 --port 0 ARGS...`, ready
+/// once it prints `ready <url>`; killed when dropped, however the test ends.
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+}
+
+impl Emulator {
+    /// `installer`, relative to `repo`, prints the venv's python (the emulators with pip
+    /// dependencies); without one, `python3` runs the script.
+    pub fn start(repo: &Path, installer: Option<&str>, script: &str, args: &[String]) -> Result<Emulator, String> {
+        let python = match installer {
+            Some(installer) => {
+                let out = Command::new(repo.join(installer))
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|e| format!("{installer}: {e}"))?;
+                if !out.status.success() {
+                    return Err(format!("{installer} failed"));
+                }
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            }
+            None => "python3".to_string(),
+        };
+        let mut child = Command::new(&python)
+            .arg(repo.join(script))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting {script} with {python}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("ready ") {
+                        break url.trim().to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    return Err(format!("{script} exited before it was ready"));
+                }
+            }
+        };
+        // Keep draining stdout so the emulator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Emulator { child, url })
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The faults every emulator injects through the same control routes, `/_canopy/faults/*`.
+pub struct ControlFaults {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl ControlFaults {
+    pub fn new(emulator_url: &str) -> ControlFaults {
+        ControlFaults { url: emulator_url.to_string(), http: reqwest::Client::new() }
+    }
+
+    /// POSTs `body` to `/_canopy/<route>` (emulator-specific faults too).
+    pub async fn post(&self, route: &str, body: serde_json::Value) -> Result<(), String> {
+        let response = self
+            .http
+            .post(format!("{}/_canopy/{route}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl Faults for ControlFaults {
+    async fn interrupt(&self, provider_id: &str) -> Result<(), String> {
+        self.post("faults/interrupt", serde_json::json!({"instance_id": provider_id})).await
+    }
+
+    async fn fail(&self, provider_id: &str) -> Result<(), String> {
+        self.post("faults/fail", serde_json::json!({"instance_id": provider_id})).await
+    }
+
+    async fn exhaust_quota(&self) -> Result<(), String> {
+        self.post("faults/quota", serde_json::json!({})).await
+    }
+
+    async fn exhaust_capacity(&self, instance_type: &str) -> Result<(), String> {
+        self.post("faults/capacity", serde_json::json!({"instance_type": instance_type})).await
+    }
+
+    async fn slow_boot(&self, seconds: f64) -> Result<(), String> {
+        self.post("faults/pending", serde_json::json!({"seconds": seconds})).await
+    }
+
+    async fn clear(&self) -> Result<(), String> {
+        self.post("faults/clear", serde_json::json!({})).await
+    }
+}
 
 /// Faults the emulator can inject (the real cloud does them by itself). Each provider's
 /// emulator has a control endpoint for them; `clear` undoes all but the machines' fates.

@@ -3,15 +3,13 @@
 //! price-book checks that are Azure's own.
 
 use canopy_provider_azure::{AzureConfig, AzureEndpoints, AzureProvider, ImageReference};
-use canopy_providers::conformance::{self, Faults, Fixture};
+use canopy_providers::conformance::{self, ControlFaults, Fixture};
 use canopy_providers::{Provider, ProviderError};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 /// The fake, killed when the test ends however it ends.
 struct Emulator {
-    child: Child,
+    _process: conformance::Emulator,
     /// Plain HTTP, for the control API.
     url: String,
     /// The same port over TLS, for the provider (azure_identity insists on https).
@@ -24,24 +22,11 @@ fn repo() -> PathBuf {
 
 impl Emulator {
     fn start() -> Emulator {
-        let mut child = Command::new("python3")
-            .arg(repo().join("localstack/azure/canopy_azure.py"))
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
+        let process = conformance::Emulator::start(&repo(), None, "localstack/azure/canopy_azure.py", &[])
             .expect("start the Azure fake (python3)");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("the fake exited before it was ready").expect("read");
-            if let Some(url) = line.strip_prefix("ready ") {
-                break url.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
+        let url = process.url.clone();
         let port = url.rsplit(':').next().expect("port");
-        Emulator { child, tls_url: format!("https://localhost:{port}"), url }
+        Emulator { tls_url: format!("https://localhost:{port}"), url, _process: process }
     }
 
     fn config(&self, client_secret: &str) -> AzureConfig {
@@ -64,61 +49,11 @@ impl Emulator {
     }
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct FakeFaults {
-    url: String,
-}
-
-impl FakeFaults {
-    async fn post(&self, route: &str, body: serde_json::Value) -> Result<(), String> {
-        let response = reqwest::Client::new()
-            .post(format!("{}/_canopy/{route}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait]
-impl Faults for FakeFaults {
-    async fn interrupt(&self, provider_id: &str) -> Result<(), String> {
-        self.post("faults/interrupt", serde_json::json!({"instance_id": provider_id})).await
-    }
-
-    async fn fail(&self, provider_id: &str) -> Result<(), String> {
-        self.post("faults/fail", serde_json::json!({"instance_id": provider_id})).await
-    }
-
-    async fn exhaust_quota(&self) -> Result<(), String> {
-        self.post("faults/quota", serde_json::json!({})).await
-    }
-
-    async fn exhaust_capacity(&self, instance_type: &str) -> Result<(), String> {
-        self.post("faults/capacity", serde_json::json!({"instance_type": instance_type})).await
-    }
-
-    async fn slow_boot(&self, seconds: f64) -> Result<(), String> {
-        self.post("faults/pending", serde_json::json!({"seconds": seconds})).await
-    }
-
-    async fn clear(&self) -> Result<(), String> {
-        self.post("faults/clear", serde_json::json!({})).await
-    }
-}
-
 #[tokio::test]
 async fn azure_passes_the_provider_conformance_suite() {
     let emulator = Emulator::start();
     let provider = AzureProvider::new(emulator.config("canopy-local-secret")).await.expect("provider");
-    let faults = FakeFaults { url: emulator.url.clone() };
+    let faults = ControlFaults::new(&emulator.url);
     let fixture = Fixture {
         provider: &provider,
         faults: &faults,
@@ -167,7 +102,7 @@ async fn offerings_carry_the_catalog_prices() {
 async fn throttling_carries_arms_retry_after() {
     let emulator = Emulator::start();
     let provider = AzureProvider::new(emulator.config("canopy-local-secret")).await.expect("provider");
-    let faults = FakeFaults { url: emulator.url.clone() };
+    let faults = ControlFaults::new(&emulator.url);
     faults.post("faults/throttle", serde_json::json!({"count": 1, "retry_after": 7})).await.expect("throttle");
     let throttled = provider.describe("eastus", "anything").await;
     assert_eq!(throttled, Err(ProviderError::Throttled { retry_after: std::time::Duration::from_secs(7) }));

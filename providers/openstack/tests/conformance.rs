@@ -9,48 +9,26 @@
 //! fault run against it.
 
 use canopy_provider_openstack::{Credentials, OpenStackConfig, OpenStackProvider};
-use canopy_providers::conformance::{self, Faults, Fixture};
+use canopy_providers::conformance::{self, ControlFaults, Faults, Fixture};
 use canopy_providers::{Provider, ProviderError};
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 /// The fake, killed when the test ends however it ends.
 struct Emulator {
-    child: Child,
+    _process: conformance::Emulator,
     url: String,
 }
 
 impl Emulator {
     fn start() -> Emulator {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../localstack/openstack/canopy_openstack.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let process = conformance::Emulator::start(&repo, None, "localstack/openstack/canopy_openstack.py", &[])
             .expect("start python3 canopy_openstack.py");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines.next().expect("the fake exited before it was ready").expect("read");
-            if let Some(url) = line.strip_prefix("ready ") {
-                break url.trim().to_string();
-            }
-        };
-        Emulator { child, url }
+        Emulator { url: process.url.clone(), _process: process }
     }
 
     fn config(&self, credentials: Credentials) -> OpenStackConfig {
         OpenStackConfig::new(&format!("{}/v3", self.url), credentials, "RegionOne", "cirros-0.6.2")
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -67,49 +45,6 @@ fn password(password: &str) -> Credentials {
 
 fn app_credential(secret: &str) -> Credentials {
     Credentials::ApplicationCredential { id: "canopy-app-cred".into(), secret: secret.into() }
-}
-
-struct FakeFaults {
-    url: String,
-}
-
-impl FakeFaults {
-    async fn post(&self, route: &str, body: serde_json::Value) -> Result<(), String> {
-        let response = reqwest::Client::new()
-            .post(format!("{}/_canopy/{route}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
-    }
-}
-
-#[async_trait::async_trait]
-impl Faults for FakeFaults {
-    async fn interrupt(&self, _provider_id: &str) -> Result<(), String> {
-        Err("openstack has no spot machines".into())
-    }
-
-    async fn fail(&self, provider_id: &str) -> Result<(), String> {
-        self.post("faults/fail", serde_json::json!({"instance_id": provider_id})).await
-    }
-
-    async fn exhaust_quota(&self) -> Result<(), String> {
-        self.post("faults/quota", serde_json::json!({})).await
-    }
-
-    async fn exhaust_capacity(&self, instance_type: &str) -> Result<(), String> {
-        self.post("faults/capacity", serde_json::json!({"instance_type": instance_type})).await
-    }
-
-    async fn slow_boot(&self, seconds: f64) -> Result<(), String> {
-        self.post("faults/pending", serde_json::json!({"seconds": seconds})).await
-    }
-
-    async fn clear(&self) -> Result<(), String> {
-        self.post("faults/clear", serde_json::json!({})).await
-    }
 }
 
 fn fixture<'a>(provider: &'a OpenStackProvider, faults: &'a dyn Faults, zone: &str, flavor: &str) -> Fixture<'a> {
@@ -129,7 +64,7 @@ fn fixture<'a>(provider: &'a OpenStackProvider, faults: &'a dyn Faults, zone: &s
 async fn openstack_passes_the_provider_conformance_suite() {
     let emulator = Emulator::start();
     let provider = OpenStackProvider::new(emulator.config(password("canopy-secret"))).await.expect("connect");
-    let faults = FakeFaults { url: emulator.url.clone() };
+    let faults = ControlFaults::new(&emulator.url);
     let failures = conformance::run_all(&fixture(&provider, &faults, "nova", "m1.small")).await;
     assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
 }
@@ -158,7 +93,7 @@ async fn application_credentials_work_and_bad_credentials_are_auth_errors() {
 async fn refusals_map_to_provider_error_kinds() {
     let emulator = Emulator::start();
     let provider = OpenStackProvider::new(emulator.config(password("canopy-secret"))).await.expect("connect");
-    let faults = FakeFaults { url: emulator.url.clone() };
+    let faults = ControlFaults::new(&emulator.url);
     faults.post("faults/throttle", serde_json::json!({"count": 1})).await.expect("throttle fault");
     assert!(matches!(provider.limits().await, Err(ProviderError::Throttled { .. })));
     faults.post("faults/az_outage", serde_json::json!({"zone": "az-2"})).await.expect("outage fault");
@@ -195,7 +130,7 @@ async fn real_openstack_when_configured() {
         OpenStackConfig::new(&url, credentials, &region, &var("IMAGE").expect("CANOPY_OPENSTACK_CONFORMANCE_IMAGE"));
     config.network = var("NETWORK");
     let provider = OpenStackProvider::new(config).await.expect("connect to the real cloud");
-    let faults = FakeFaults { url: String::new() };
+    let faults = ControlFaults::new("");
     let mut f = fixture(
         &provider,
         &faults,
