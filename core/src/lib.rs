@@ -5,6 +5,7 @@
 //! I/O: no async runtime, no database, no HTTP, no clock and no random source. Time and seeds
 //! are parameters, so every decision is reproducible in tests and benchmarks.
 
+pub mod cost;
 pub mod cron;
 pub mod dag;
 pub mod quantity;
