@@ -8,6 +8,7 @@
 pub mod cost;
 pub mod cron;
 pub mod dag;
+pub mod policy;
 pub mod quantity;
 pub mod resources;
 pub mod schedule;
