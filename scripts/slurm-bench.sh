@@ -19,6 +19,12 @@ JOBS=${1:-1000}
 IN_FLIGHT=${SLURM_BENCH_IN_FLIGHT:-16}
 CTLD_PORT=${SLURM_BENCH_CTLD_PORT:-16817}
 SLURMD_PORT=${SLURM_BENCH_SLURMD_PORT:-16818}
+# The high-throughput guide's scheduler settings; override to compare.
+SCHED_PARAMS=${SLURM_BENCH_SCHED_PARAMS:-defer,sched_interval=1,sched_min_interval=2000,max_rpc_cnt=150,batch_sched_delay=0,default_queue_depth=1000,sched_max_job_start=0}
+# Jobs per CPU at once (partition OverSubscribe=FORCE:N); 1 = one job per CPU, Slurm's default.
+OVERSUBSCRIBE=${SLURM_BENCH_OVERSUBSCRIBE:-1}
+PART_EXTRA=
+[ "$OVERSUBSCRIBE" -gt 1 ] && PART_EXTRA="OverSubscribe=FORCE:$OVERSUBSCRIBE"
 
 unavailable() {
     echo "slurm_unavailable=$*"
@@ -92,7 +98,7 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$SOCKET
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool/%n
+SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/slurmctld.log
@@ -105,6 +111,7 @@ SelectTypeParameters=CR_Core
 ProctrackType=$1
 TaskPlugin=$2
 JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/jobcomp.txt
@@ -116,9 +123,9 @@ ReturnToService=2
 SlurmdTimeout=60
 InactiveLimit=0
 KillWait=1
-SchedulerParameters=defer,sched_min_interval=2000,max_rpc_cnt=150,batch_sched_delay=0,default_queue_depth=1000,sched_max_job_start=0
+SchedulerParameters=$SCHED_PARAMS
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=bench Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+PartitionName=bench Nodes=$HOST Default=YES MaxTime=INFINITE State=UP $PART_EXTRA
 EOF
     cat >"$DIR/cgroup.conf" <<EOF
 CgroupPlugin=autodetect
@@ -159,7 +166,7 @@ for plugins in "proctrack/cgroup task/none" "proctrack/linuxproc task/none" "pro
     echo "slurm did not come up with $plugins: $(tail -2 "$DIR/slurmd.out" "$DIR/slurmctld.out" 2>/dev/null | tr '\n' ' ')" >&2
 done
 [ -n "$CONFIG" ] || unavailable "slurmd/slurmctld did not start with cgroup, linuxproc or pgid process tracking: $(tail -3 "$DIR/slurmd.out" "$DIR/slurmctld.out" 2>/dev/null | tr '\n' ' ')"
-echo "slurm $(slurmctld -V | awk '{print $2}') up: $HOST, CPUs=$CPUS, $CONFIG, sched/builtin, select/cons_tres" >&2
+echo "slurm $(slurmctld -V | awk '{print $2}') up: $HOST, CPUs=$CPUS, $CONFIG, sched/builtin, select/cons_tres, OverSubscribe=$OVERSUBSCRIBE, SchedulerParameters=$SCHED_PARAMS" >&2
 
 # A warm-up job, so the first measured one does not pay for slurmd's first launch.
 sbatch -Q -o /dev/null --wrap true >/dev/null
@@ -167,7 +174,7 @@ for _ in $(seq 300); do [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break; sleep 
 : >"$DIR/jobcomp.txt"
 
 start=$(date +%s.%N)
-seq "$JOBS" | xargs -P "$IN_FLIGHT" -I{} sbatch -Q -J "b{}" -o /dev/null --parsable --wrap true >"$DIR/submitted" 2>"$DIR/submit.err" || true
+seq "$JOBS" | xargs -P "$IN_FLIGHT" -I{} sbatch -J "b{}" -o /dev/null --parsable --wrap true >"$DIR/submitted" 2>"$DIR/submit.err" || true
 submitted_at=$(date +%s.%N)
 submitted=$(grep -c . "$DIR/submitted" || true)
 [ "$submitted" = "$JOBS" ] || unavailable "only $submitted of $JOBS sbatch calls succeeded: $(head -3 "$DIR/submit.err" | tr '\n' ' ')"

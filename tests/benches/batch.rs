@@ -7,7 +7,10 @@
 //!
 //! Machines: `CANOPY_BENCH_MACHINES` (default 2) agents of 1 cpu / 1 GiB each, i.e. the
 //! declared capacity of this 2-core host, the same capacity the Slurm node gets (CPUs=nproc);
-//! each holds 100 of these jobs at once, so slots are not what limits the rate.
+//! each holds 100 of these jobs at once. Slurm gets the same number at once
+//! (`OverSubscribe=FORCE:N`, N = 100 * machines / CPUs; its smallest allocation is a whole
+//! CPU, so without it only nproc jobs run at once); `SLURM_BENCH_OVERSUBSCRIBE=1` gives
+//! Slurm's default of one job per CPU.
 //!
 //! Ends with: `bench=batch jobs=1000 seconds= jobs_per_s= slurm_jobs_per_s= vs_slurm=`.
 
@@ -23,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const JOBS: usize = 1000;
 const IN_FLIGHT: usize = 16;
+/// Jobs of 10 milli-cpus and 4 MiB one 1 cpu / 1 GiB machine holds at once.
+const SLOTS_PER_MACHINE: usize = 100;
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
 fn job_spec(name: &str) -> String {
@@ -38,7 +43,12 @@ async fn main() -> Result<()> {
     let slurm = if std::env::var("CANOPY_BENCH_NO_SLURM").is_ok_and(|v| v == "1") {
         Err("skipped (CANOPY_BENCH_NO_SLURM=1)".to_string())
     } else {
-        run_slurm()
+        // The same number of jobs at once as Canopy's machines hold (100 each): Slurm gives a
+        // job at least one CPU, so it needs OverSubscribe=FORCE:N to run as many at once.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_cpu = (machines * SLOTS_PER_MACHINE).div_ceil(cpus);
+        let per_cpu = std::env::var("SLURM_BENCH_OVERSUBSCRIBE").unwrap_or_else(|_| per_cpu.to_string());
+        run_slurm(&per_cpu)
     };
     let (slurm_rate, vs_slurm) = match &slurm {
         Ok(rate) if *rate > 0.0 => {
@@ -176,13 +186,13 @@ async fn breakdown(
     println!("  per job, p50 / p90 / max seconds:");
     for (what, samples) in [
         ("submit accepted -> run created (job controller)", &mut queued),
-        ("run created -> started (placement, heartbeat, launch)", &mut to_start),
-        ("started -> ended as reported (run, exit, heartbeat)", &mut running),
-        ("ended -> job seen succeeded (job controller, 100 ms poll)", &mut to_success),
+        ("run created -> first reported by its agent (slot, pickup, launch, heartbeat)", &mut to_start),
+        ("first reported -> reported ended (0: both in one heartbeat)", &mut running),
+        ("reported ended -> job seen succeeded (job controller, poll)", &mut to_success),
     ] {
         samples.sort_by(f64::total_cmp);
         let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
-        println!("    {what:<58} {:>6.2} {:>6.2} {:>6.2}", at(0.5), at(0.9), at(1.0));
+        println!("    {what:<76} {:>6.2} {:>6.2} {:>6.2}", at(0.5), at(0.9), at(1.0));
     }
     Ok(())
 }
@@ -194,6 +204,8 @@ fn controller_ticks(log: &PathBuf, wall_start: SystemTime, seconds: f64) {
     let t0 = wall_start.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     let mut steps: Vec<(f64, u64, u64)> = Vec::new();
     for line in text.lines().filter(|l| l.contains("reconciled")) {
+        let line = strip_ansi(line);
+        let line = line.as_str();
         let Some(at) = line.split_whitespace().next().and_then(parse_rfc3339) else { continue };
         let field = |key: &str| {
             line.split_whitespace()
@@ -223,6 +235,24 @@ fn controller_ticks(log: &PathBuf, wall_start: SystemTime, seconds: f64) {
     );
 }
 
+/// The text without terminal colour codes (the control service's log has them).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Seconds since the epoch of an RFC 3339 UTC time (`2026-11-22T06:30:01.123456Z`, or with
 /// an explicit `+00:00` offset).
 fn parse_rfc3339(text: &str) -> Option<f64> {
@@ -243,11 +273,12 @@ fn parse_rfc3339(text: &str) -> Option<f64> {
 }
 
 /// Runs scripts/slurm-bench.sh and returns Slurm's jobs per second, or why it could not.
-fn run_slurm() -> std::result::Result<f64, String> {
+fn run_slurm(per_cpu: &str) -> std::result::Result<f64, String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/slurm-bench.sh");
-    println!("slurm: running {} ({JOBS} jobs)", script.display());
+    println!("slurm: running {} ({JOBS} jobs, up to {per_cpu} per CPU at once)", script.display());
     let output = std::process::Command::new("bash")
         .arg(&script)
+        .env("SLURM_BENCH_OVERSUBSCRIBE", per_cpu)
         .arg(JOBS.to_string())
         .stderr(std::process::Stdio::inherit())
         .output()
