@@ -57,6 +57,7 @@ pub async fn run(
         address: config.address.clone(),
         http,
         cgroups,
+        ended: tokio::sync::Notify::new(),
     });
     let mut supervisor = Supervisor::new(ctx.clone());
     let adopted = supervisor.adopt_existing();
@@ -87,6 +88,9 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            // A task ended: report it now (after a moment, so tasks ending together go in
+            // one heartbeat), freeing its slot for the work waiting on it.
+            _ = ctx.ended.notified() => tokio::time::sleep(Duration::from_millis(25)).await,
             _ = &mut shutdown => break,
         }
     }

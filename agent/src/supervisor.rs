@@ -30,6 +30,9 @@ pub struct Context {
     /// The address tasks bind to and are reached at.
     pub address: String,
     pub http: reqwest::Client,
+    /// Signalled when a task has ended for good, so the agent reports it without waiting
+    /// for the next heartbeat (the slot it held is free sooner).
+    pub ended: tokio::sync::Notify,
 }
 
 impl Context {
@@ -191,7 +194,11 @@ impl Supervisor {
         let status = Arc::new(Mutex::new(status));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task_id = assignment.task_id;
-        tokio::spawn(run_task(self.ctx.clone(), assignment, status.clone(), stop_rx, adopted));
+        let (ctx, task_status) = (self.ctx.clone(), status.clone());
+        tokio::spawn(async move {
+            run_task(ctx.clone(), assignment, task_status, stop_rx, adopted).await;
+            ctx.ended.notify_one();
+        });
         self.tasks.insert(task_id, Handle { status, stop: stop_tx });
     }
 }

@@ -480,15 +480,18 @@ impl Store {
         // passes (machine ids the planner mints must not repeat).
         let seed = pending.iter().fold(PLACEMENT_SEED, |seed, t| seed.rotate_left(7) ^ t.id.as_u128() as u64);
         let plan = schedule(&snapshot, &asks, seed);
-        for placement in &plan.placements {
-            sqlx::query(
-                "UPDATE tasks SET state = 'assigned', machine_id = $2, assigned_at = now(), message = '' WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(placement.task)
-            .bind(placement.machine)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // One statement each for every placement and every changed "unplaced" reason (a pass
+        // may place or re-explain hundreds of tasks).
+        let (placed, machines): (Vec<Uuid>, Vec<Uuid>) = plan.placements.iter().map(|p| (p.task, p.machine)).unzip();
+        sqlx::query(
+            "UPDATE tasks t SET state = 'assigned', machine_id = p.machine, assigned_at = now(), message = ''
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS p(task, machine)
+             WHERE t.id = p.task AND t.state = 'pending'",
+        )
+        .bind(&placed)
+        .bind(&machines)
+        .execute(&mut *tx)
+        .await?;
         for preemption in &plan.preemptions {
             sqlx::query("UPDATE tasks SET desired = 'stop', message = $2 WHERE id = $1 AND desired = 'run'")
                 .bind(preemption.task)
@@ -500,13 +503,16 @@ impl Store {
             let detail = serde_json::json!({"evicted": plan.preemptions.len()});
             record(&mut tx, "system", "tasks.preempted", "placement", None, detail).await?;
         }
-        for unplaced in &plan.unplaced {
-            sqlx::query("UPDATE tasks SET message = $2 WHERE id = $1")
-                .bind(unplaced.task)
-                .bind(format!("unplaced: {}", unplaced.reason))
-                .execute(&mut *tx)
-                .await?;
-        }
+        let (unplaced, reasons): (Vec<Uuid>, Vec<String>) =
+            plan.unplaced.iter().map(|u| (u.task, format!("unplaced: {}", u.reason))).unzip();
+        sqlx::query(
+            "UPDATE tasks t SET message = u.reason FROM UNNEST($1::uuid[], $2::text[]) AS u(task, reason)
+             WHERE t.id = u.task AND t.message <> u.reason",
+        )
+        .bind(&unplaced)
+        .bind(&reasons)
+        .execute(&mut *tx)
+        .await?;
         let provisioned = Self::record_provisions(&mut tx, &plan.provisions).await?;
         if !plan.placements.is_empty() {
             let detail = serde_json::json!({"placed": plan.placements.len(), "unplaced": plan.unplaced.len()});
