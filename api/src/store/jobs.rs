@@ -4,7 +4,6 @@
 //! failed runs after a doubling backoff, and ends the job as `succeeded` or `failed` (retries
 //! used up, deadline passed, a dependency failed).
 
-use super::machines::to_i64;
 use super::{Result, StoreError, record};
 use canopy_core::cron::{ConcurrencyPolicy, MissedRunPolicy, StartDecision, decide_start};
 use canopy_core::spec::{AppSpec, Concurrency, JobSpec, Missed};
@@ -132,18 +131,7 @@ pub(super) async fn reconcile_job(tx: &mut Transaction<'static, Postgres>, app: 
                 continue;
             }
         }
-        sqlx::query(
-            "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(app.id)
-        .bind(app.version)
-        .bind(index)
-        .bind(to_i64(app.spec.resources.cpu, "resources.cpu")?)
-        .bind(to_i64(app.spec.resources.memory.0, "resources.memory")?)
-        .execute(&mut **tx)
-        .await?;
+        super::tasks::insert_task(tx, app.id, app.version, index, app.spec).await?;
         active += 1;
         changes += 1;
     }

@@ -328,18 +328,7 @@ impl Store {
                 };
                 if start {
                     updated += 1;
-                    sqlx::query(
-                        "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
-                         VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
-                    )
-                    .bind(Uuid::new_v4())
-                    .bind(app_id)
-                    .bind(version)
-                    .bind(instance)
-                    .bind(to_i64(spec.resources.cpu, "resources.cpu")?)
-                    .bind(to_i64(spec.resources.memory.0, "resources.memory")?)
-                    .execute(&mut *tx)
-                    .await?;
+                    insert_task(&mut tx, app_id, version, instance, &spec).await?;
                     changes += 1;
                 }
             }
@@ -544,6 +533,29 @@ impl Store {
             _ => Err(StoreError::NotFound(format!("app {name:?} has no started instance {instance}"))),
         }
     }
+}
+
+/// A new pending task for one instance (a job: one completion index) of an app version.
+pub(super) async fn insert_task(
+    tx: &mut Transaction<'static, Postgres>,
+    app: Uuid,
+    version: i32,
+    instance: i32,
+    spec: &AppSpec,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tasks (id, app_id, version, instance, state, milli_cpu, memory)
+         VALUES ($1, $2, $3, $4, 'pending', $5, $6)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(app)
+    .bind(version)
+    .bind(instance)
+    .bind(to_i64(spec.resources.cpu, "resources.cpu")?)
+    .bind(to_i64(spec.resources.memory.0, "resources.memory")?)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 fn assignment(task_id: Uuid, app: String, spec: AppSpec, instance: i32) -> TaskAssignment {
