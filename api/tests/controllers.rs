@@ -1,50 +1,17 @@
 //! The controllers' single steps against a real Postgres: each test gets its own database.
 
+mod common;
+
+use common::TestDb;
+use sqlx::Connection;
+
 use canopy_api::store::Store;
 use canopy_core::Resources;
 use canopy_core::spec::AppSpec;
 use canopy_core::wire::{ExitStatus, HeartbeatRequest, JoinRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
-use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// A fresh database, dropped when the test ends (also on failure).
-struct TestDb {
-    server: String,
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> (TestDb, Store) {
-        let server = std::env::var("CANOPY_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("canopy_ctl_{}", uuid::Uuid::new_v4().simple());
-        let mut connection = sqlx::PgConnection::connect(&server).await.expect("postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut connection)
-            .await
-            .expect("create");
-        let url = format!("{}/{name}", server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base));
-        let store = Store::connect(&url).await.expect("connect and migrate");
-        (TestDb { server, name }, store)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let mut connection = sqlx::PgConnection::connect(&server).await.ok()?;
-                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut connection).await.ok()
-            })
-        })
-        .join();
-    }
-}
 
 fn spec(instances: u32) -> AppSpec {
     named_spec("web", instances)
@@ -78,7 +45,7 @@ fn no_catalog() -> Arc<canopy_core::schedule::Catalog> {
 
 #[tokio::test]
 async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
-    let (_db, store) = TestDb::create().await;
+    let (_db, store) = TestDb::create("canopy_ctl").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
     store.apply_app("test", team, &spec(4)).await.expect("apply");
 
@@ -106,7 +73,7 @@ async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
 
 #[tokio::test]
 async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() {
-    let (_db, store) = TestDb::create().await;
+    let (_db, store) = TestDb::create("canopy_ctl").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
     store.apply_app("test", team, &spec(1)).await.expect("apply");
     store.reconcile_apps().await.expect("reconcile");
@@ -189,11 +156,11 @@ async fn run_desired(store: &Store, machine: uuid::Uuid) -> Vec<uuid::Uuid> {
 
 #[tokio::test]
 async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() {
-    let (db, store) = TestDb::create().await;
+    let (db, store) = TestDb::create("canopy_ctl").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
     let (m1, m2) = (join(&store, "m1").await, join(&store, "m2").await);
     // Make them bought machines with a price, as the provisioning controller would have.
-    let url = format!("{}/{}", db.server.rsplit_once('/').map_or(db.server.as_str(), |(base, _)| base), db.name);
+    let url = db.url();
     let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");
     sqlx::query("UPDATE machines SET provisioned = true, price_micros = 10000, provider = 'aws', region = 'us-east-1', offering = 't3a.nano'")
         .execute(&mut connection)

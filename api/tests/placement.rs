@@ -1,58 +1,18 @@
 //! An app's `[placement]` table against a real Postgres: the placement step sends its tasks only
 //! to machines it allows, and work no machine is allowed for stays pending with the rule named.
 
+mod common;
+
+use common::TestDb;
+use sqlx::Connection;
+
 use canopy_api::auth::Scope;
 use canopy_api::store::Store;
 use canopy_core::Resources;
 use canopy_core::spec::AppSpec;
 use canopy_core::wire::{JoinRequest, PROTOCOL_VERSION};
-use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// A fresh database, dropped when the test ends (also on failure).
-struct TestDb {
-    server: String,
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> (TestDb, Store) {
-        let server = std::env::var("CANOPY_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("canopy_place_{}", uuid::Uuid::new_v4().simple());
-        let mut connection = sqlx::PgConnection::connect(&server).await.expect("postgres");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut connection)
-            .await
-            .expect("create");
-        let store = Store::connect(&TestDb::url_of(&server, &name)).await.expect("connect and migrate");
-        (TestDb { server, name }, store)
-    }
-
-    fn url_of(server: &str, name: &str) -> String {
-        format!("{}/{name}", server.rsplit_once('/').map_or(server, |(base, _)| base))
-    }
-
-    fn url(&self) -> String {
-        TestDb::url_of(&self.server, &self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (server, name) = (self.server.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-            runtime.block_on(async {
-                let mut connection = sqlx::PgConnection::connect(&server).await.ok()?;
-                let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut connection).await.ok()
-            })
-        })
-        .join();
-    }
-}
 
 /// A 300m / 64Mi app whose placement is the inline table `{ placement }` (none when empty).
 fn spec(name: &str, instances: u32, placement: &str) -> AppSpec {
@@ -96,7 +56,7 @@ fn no_catalog() -> Arc<canopy_core::schedule::Catalog> {
 
 #[tokio::test]
 async fn tasks_go_only_where_their_placement_allows_and_otherwise_wait_with_the_rule_named() {
-    let (db, store) = TestDb::create().await;
+    let (db, store) = TestDb::create("canopy_place").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
     let scope = Scope::Team(team);
     join(&store, &db, "us-box", &[("provider", "aws")], "us-east-1", "us-east-1a").await;
