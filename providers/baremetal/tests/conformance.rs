@@ -4,7 +4,7 @@
 
 use canopy_core::Resources;
 use canopy_provider_baremetal::{BareMetalConfig, BareMetalProvider, Host, Inventory, MemoryInventory};
-use canopy_providers::conformance::{self, Faults, Fixture};
+use canopy_providers::conformance::{self, ControlFaults, Faults, Fixture};
 use canopy_providers::{CreateMachine, Provider, ProviderError, TAG_CLUSTER, TAG_MACHINE};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -115,21 +115,9 @@ fn provider(inventory: Arc<MemoryInventory>) -> BareMetalProvider {
 /// Capacity is the inventory's business (every host of the class claimed by someone else);
 /// failures and slow boots are the emulated BMC's.
 struct RedfishFaults {
-    url: String,
+    control: ControlFaults,
     inventory: Arc<MemoryInventory>,
     blockers: Mutex<Vec<String>>,
-}
-
-impl RedfishFaults {
-    async fn post(&self, route: &str, body: serde_json::Value) -> Result<(), String> {
-        let response = reqwest::Client::new()
-            .post(format!("{}/_canopy/{route}", self.url))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        response.error_for_status().map(|_| ()).map_err(|e| e.to_string())
-    }
 }
 
 #[async_trait::async_trait]
@@ -141,7 +129,7 @@ impl Faults for RedfishFaults {
     async fn fail(&self, provider_id: &str) -> Result<(), String> {
         let hosts = self.inventory.hosts().await.map_err(|e| e.to_string())?;
         let host = hosts.iter().find(|h| h.name == provider_id).ok_or(format!("no host {provider_id}"))?;
-        self.post("faults/fail", serde_json::json!({"instance_id": host.system_id})).await
+        self.control.fail(&host.system_id).await
     }
 
     async fn exhaust_quota(&self) -> Result<(), String> {
@@ -161,7 +149,7 @@ impl Faults for RedfishFaults {
     }
 
     async fn slow_boot(&self, seconds: f64) -> Result<(), String> {
-        self.post("faults/pending", serde_json::json!({"seconds": seconds})).await
+        self.control.slow_boot(seconds).await
     }
 
     async fn clear(&self) -> Result<(), String> {
@@ -169,7 +157,7 @@ impl Faults for RedfishFaults {
         for host in blockers {
             self.inventory.release(&host).await.map_err(|e| e.to_string())?;
         }
-        self.post("faults/clear", serde_json::json!({})).await
+        self.control.clear().await
     }
 }
 
@@ -194,8 +182,11 @@ async fn baremetal_passes_the_provider_conformance_suite() {
     let emulator = Emulator::start(4);
     let inventory = Arc::new(MemoryInventory::new(emulator.hosts(PASSWORD).await));
     let provider = provider(inventory.clone());
-    let faults =
-        RedfishFaults { url: emulator.url.clone(), inventory: inventory.clone(), blockers: Mutex::new(Vec::new()) };
+    let faults = RedfishFaults {
+        control: ControlFaults::new(&emulator.url),
+        inventory: inventory.clone(),
+        blockers: Mutex::new(Vec::new()),
+    };
     let fixture = Fixture {
         provider: &provider,
         faults: &faults,
