@@ -138,19 +138,6 @@ async fn real_openstack_when_configured() {
         &var("FLAVOR").unwrap_or_else(|| "m1.small".into()),
     );
     f.region = region;
-    let mut failures = Vec::new();
-    macro_rules! check {
-        ($name:ident) => {
-            if let Err(error) = conformance::$name(&f).await {
-                failures.push(format!("{}: {error}", stringify!($name)));
-            }
-        };
-    }
-    check!(offerings);
-    check!(create_and_describe);
-    check!(idempotent_create);
-    check!(list_ours);
-    check!(terminate);
-    check!(not_found);
+    let failures = conformance::run_basic(&f).await;
     assert!(failures.is_empty(), "conformance failures against the real cloud:\n{}", failures.join("\n"));
 }
