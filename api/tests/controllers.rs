@@ -2,15 +2,13 @@
 
 mod common;
 
-use common::TestDb;
+use common::{TestDb, join, no_catalog};
 use sqlx::Connection;
 
 use canopy_api::store::Store;
-use canopy_core::Resources;
 use canopy_core::spec::AppSpec;
-use canopy_core::wire::{ExitStatus, HeartbeatRequest, JoinRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
+use canopy_core::wire::{ExitStatus, HeartbeatRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 fn spec(instances: u32) -> AppSpec {
@@ -22,25 +20,6 @@ fn named_spec(name: &str, instances: u32) -> AppSpec {
         "name = \"{name}\"\ncommand = \"sleep\"\nargs = [\"60\"]\ninstances = {instances}\n[resources]\ncpu = 300\nmemory = \"64Mi\"\n"
     ))
     .expect("spec")
-}
-
-async fn join(store: &Store, name: &str) -> uuid::Uuid {
-    let token = store.create_join_token("test", chrono::Duration::hours(1)).await.expect("join token");
-    let request = JoinRequest {
-        protocol: PROTOCOL_VERSION,
-        join_token: token,
-        name: name.into(),
-        address: "127.0.0.1".into(),
-        agent_endpoint: "127.0.0.1:1".into(),
-        capacity: Resources::new(1000, 1 << 30),
-        cgroup_version: 1,
-        labels: BTreeMap::new(),
-    };
-    store.join(&request).await.expect("join").machine_id
-}
-
-fn no_catalog() -> Arc<canopy_core::schedule::Catalog> {
-    Arc::new(Default::default())
 }
 
 #[tokio::test]
@@ -59,7 +38,7 @@ async fn app_and_placement_steps_are_idempotent_and_never_overcommit() {
     assert!(app.tasks.iter().all(|t| t.message.contains("no machine is ready")), "{:?}", app.tasks);
 
     // One 1-cpu machine fits three 300m tasks, not four.
-    join(&store, "m1").await;
+    join(&store, "m1", &[]).await;
     let outcome = store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     assert_eq!((outcome.placed, outcome.unplaced), (3, 1));
     assert_eq!(
@@ -77,7 +56,7 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
     let team = store.create_team("test", "alpha").await.expect("team").id;
     store.apply_app("test", team, &spec(1)).await.expect("apply");
     store.reconcile_apps().await.expect("reconcile");
-    let machine = join(&store, "m1").await;
+    let machine = join(&store, "m1", &[]).await;
     store.place_pending(&no_catalog(), &Default::default()).await.expect("place");
     let heartbeat = |tasks: Vec<TaskReport>| HeartbeatRequest {
         protocol: PROTOCOL_VERSION,
@@ -158,7 +137,7 @@ async fn run_desired(store: &Store, machine: uuid::Uuid) -> Vec<uuid::Uuid> {
 async fn consolidation_drains_a_machine_and_moves_its_task_before_stopping_it() {
     let (db, store) = TestDb::create("canopy_ctl").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
-    let (m1, m2) = (join(&store, "m1").await, join(&store, "m2").await);
+    let (m1, m2) = (join(&store, "m1", &[]).await, join(&store, "m2", &[]).await);
     // Make them bought machines with a price, as the provisioning controller would have.
     let url = db.url();
     let mut connection = sqlx::PgConnection::connect(&url).await.expect("connect");

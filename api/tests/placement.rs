@@ -3,16 +3,12 @@
 
 mod common;
 
-use common::TestDb;
+use common::{TestDb, no_catalog};
 use sqlx::Connection;
 
 use canopy_api::auth::Scope;
 use canopy_api::store::Store;
-use canopy_core::Resources;
 use canopy_core::spec::AppSpec;
-use canopy_core::wire::{JoinRequest, PROTOCOL_VERSION};
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// A 300m / 64Mi app whose placement is the inline table `{ placement }` (none when empty).
 fn spec(name: &str, instances: u32, placement: &str) -> AppSpec {
@@ -28,18 +24,7 @@ fn spec(name: &str, instances: u32, placement: &str) -> AppSpec {
 /// (a hand-added machine's join names only its provider, through the `provider` label; bought
 /// machines get region and zone from their provisioning record).
 async fn join(store: &Store, db: &TestDb, name: &str, labels: &[(&str, &str)], region: &str, zone: &str) {
-    let token = store.create_join_token("test", chrono::Duration::hours(1)).await.expect("join token");
-    let request = JoinRequest {
-        protocol: PROTOCOL_VERSION,
-        join_token: token,
-        name: name.into(),
-        address: "127.0.0.1".into(),
-        agent_endpoint: "127.0.0.1:1".into(),
-        capacity: Resources::new(1000, 1 << 30),
-        cgroup_version: 1,
-        labels: labels.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
-    };
-    let machine = store.join(&request).await.expect("join").machine_id;
+    let machine = common::join(store, name, labels).await;
     let mut connection = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
     sqlx::query("UPDATE machines SET region = $2, zone = $3 WHERE id = $1")
         .bind(machine)
@@ -48,10 +33,6 @@ async fn join(store: &Store, db: &TestDb, name: &str, labels: &[(&str, &str)], r
         .execute(&mut connection)
         .await
         .expect("set region");
-}
-
-fn no_catalog() -> Arc<canopy_core::schedule::Catalog> {
-    Arc::new(Default::default())
 }
 
 #[tokio::test]

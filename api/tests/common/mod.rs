@@ -1,7 +1,12 @@
 //! What the store-level integration tests share: a database of their own.
 
 use canopy_api::store::Store;
+use canopy_core::Resources;
+use canopy_core::schedule::Catalog;
+use canopy_core::wire::{JoinRequest, PROTOCOL_VERSION};
 use sqlx::Connection;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A fresh, migrated database, dropped when the test ends (also on failure).
 pub struct TestDb {
@@ -43,4 +48,26 @@ impl Drop for TestDb {
         })
         .join();
     }
+}
+
+/// Joins a machine of 1 cpu / 1 GiB named `name` by hand, with these labels (`provider=...`
+/// names its provider); returns its id.
+pub async fn join(store: &Store, name: &str, labels: &[(&str, &str)]) -> uuid::Uuid {
+    let token = store.create_join_token("test", chrono::Duration::hours(1)).await.expect("join token");
+    let request = JoinRequest {
+        protocol: PROTOCOL_VERSION,
+        join_token: token,
+        name: name.into(),
+        address: "127.0.0.1".into(),
+        agent_endpoint: "127.0.0.1:1".into(),
+        capacity: Resources::new(1000, 1 << 30),
+        cgroup_version: 1,
+        labels: labels.iter().map(|&(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+    };
+    store.join(&request).await.expect("join").machine_id
+}
+
+/// Nothing to buy: placement uses only the machines there are.
+pub fn no_catalog() -> Arc<Catalog> {
+    Arc::new(Default::default())
 }
