@@ -12,6 +12,7 @@ pub mod control;
 pub mod health;
 pub mod launch;
 pub mod logs;
+pub mod meter;
 pub mod supervisor;
 
 use canopy_core::Resources;

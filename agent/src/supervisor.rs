@@ -10,8 +10,9 @@ use crate::cgroup::{Cgroup, Cgroups};
 use crate::health;
 use crate::launch::{self, TaskPaths};
 use crate::logs;
+use crate::meter::UsageMeter;
 use canopy_core::spec::RestartPolicy;
-use canopy_core::wire::{ExitStatus, RunState, TaskAssignment, TaskReport, Usage};
+use canopy_core::wire::{ExitStatus, RunState, TaskAssignment, TaskReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
@@ -49,6 +50,7 @@ struct Status {
     healthy: Option<bool>,
     restarts: u32,
     last_exit: Option<ExitStatus>,
+    meter: UsageMeter,
 }
 
 /// What is kept on disk for re-adoption after an agent restart.
@@ -114,6 +116,7 @@ impl Supervisor {
                 healthy: None,
                 restarts: record.restarts,
                 last_exit: None,
+                meter: UsageMeter::default(),
             };
             self.spawn(record.assignment, status, Some(record.pid));
         }
@@ -127,12 +130,15 @@ impl Supervisor {
             .tasks
             .iter()
             .map(|(id, handle)| {
-                let status = lock(&handle.status).clone();
-                let usage = if status.state.is_final() {
-                    Usage::default()
+                let mut guard = lock(&handle.status);
+                let usage = if guard.state.is_final() {
+                    guard.meter.latest()
                 } else {
-                    self.ctx.cgroups.open(&self.ctx.paths(id).cgroup).usage()
+                    let reading = self.ctx.cgroups.open(&self.ctx.paths(id).cgroup).usage();
+                    guard.meter.sample(Instant::now(), reading)
                 };
+                let status = guard.clone();
+                drop(guard);
                 TaskReport {
                     task_id: *id,
                     state: status.state,
@@ -164,6 +170,7 @@ impl Supervisor {
                             healthy: None,
                             restarts: 0,
                             last_exit: None,
+                            meter: UsageMeter::default(),
                         };
                         self.spawn(assignment, status, None);
                     }
@@ -455,6 +462,9 @@ async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, stat
         cgroup.signal_all(libc::SIGKILL);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The cgroup's counters go with it: take the last reading first.
+    let reading = cgroup.usage();
+    lock(status).meter.sample(Instant::now(), reading);
     if let Err(error) = cgroup.remove() {
         tracing::warn!(%error, "cannot remove task cgroup");
     }

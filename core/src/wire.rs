@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: [`Usage`] carries the integral of sampled memory usage (for averages), and a
+/// task's final report carries its last usage instead of zeros.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,9 +126,20 @@ impl ExitStatus {
     }
 }
 
+/// A task's resource use from its cgroup's accounting. Counters are cumulative since the agent
+/// started metering the task (they restart from zero when an agent restarts; the control
+/// service treats a decrease as a restart and takes the new value as the increase).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
+    /// CPU time of the task's cgroup (cpuacct.usage / cpu.stat usage_usec), in microseconds.
     pub cpu_usec: u64,
+    /// Memory in use at the last sample (memory.usage_in_bytes / memory.current).
     pub memory_bytes: u64,
+    /// Highest memory use the kernel saw (memory.max_usage_in_bytes / memory.peak).
     pub memory_peak_bytes: u64,
+    /// Sampled memory use integrated over time, in byte seconds; divided by
+    /// `memory_sampled_ms / 1000` it is the average.
+    pub memory_byte_seconds: u64,
+    /// The time the memory integral covers, in milliseconds.
+    pub memory_sampled_ms: u64,
 }

@@ -334,8 +334,34 @@ mod tests {
         std::fs::write(dir.join("memory.current"), "4096\n").expect("write");
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").expect("write");
         let cgroup = Cgroups::V2(root.path().to_path_buf()).open(Path::new("t"));
-        assert_eq!(cgroup.usage(), Usage { cpu_usec: 1500, memory_bytes: 4096, memory_peak_bytes: 4096 });
+        assert_eq!(
+            cgroup.usage(),
+            Usage { cpu_usec: 1500, memory_bytes: 4096, memory_peak_bytes: 4096, ..Usage::default() }
+        );
         assert_eq!(cgroup.oom_kills(), 1);
+        // Linux 5.19 and later keep the peak.
+        std::fs::write(dir.join("memory.peak"), "8192\n").expect("write");
+        assert_eq!(cgroup.usage().memory_peak_bytes, 8192);
+    }
+
+    #[test]
+    fn v1_reads_usage_from_cpuacct_and_memory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mounts = v1::Mounts::under(root.path());
+        for (file, text) in [
+            ("cpuacct/t/cpuacct.usage", "2500000\n"),
+            ("memory/t/memory.usage_in_bytes", "4096\n"),
+            ("memory/t/memory.max_usage_in_bytes", "16384\n"),
+        ] {
+            let path = root.path().join(file);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        }
+        let cgroup = Cgroups::V1(mounts).open(Path::new("t"));
+        assert_eq!(
+            cgroup.usage(),
+            Usage { cpu_usec: 2500, memory_bytes: 4096, memory_peak_bytes: 16384, ..Usage::default() }
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub(super) fn usage(mounts: &Mounts, relative: &Path) -> Usage {
         cpu_usec: read_u64(&mounts.cpuacct.join(relative).join("cpuacct.usage")).unwrap_or(0) / 1000,
         memory_bytes: read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(0),
         memory_peak_bytes: read_u64(&memory.join("memory.max_usage_in_bytes")).unwrap_or(0),
+        ..Usage::default()
     }
 }
 

@@ -48,6 +48,7 @@ pub(super) fn usage(dir: &Path) -> Usage {
         memory_bytes: current,
         // memory.peak exists from Linux 5.19.
         memory_peak_bytes: read_u64(&dir.join("memory.peak")).unwrap_or(current),
+        ..Usage::default()
     }
 }
 

@@ -153,6 +153,9 @@ struct ServeArgs {
     /// Seconds a bought machine may sit without tasks before it is given back.
     #[arg(long, env = "CANOPY_IDLE_TIMEOUT_S", default_value_t = 300)]
     idle_timeout_s: u64,
+    /// Seconds between updates of the cost ledger the reports read.
+    #[arg(long, env = "CANOPY_METERING_INTERVAL_S", default_value_t = 60)]
+    metering_interval_s: u64,
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -336,6 +339,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         controllers: crate::controllers::ControllerConfig {
             machine_ttl: Duration::from_millis(args.machine_ttl_ms),
             provisioner,
+            metering: Arc::new(crate::controllers::metering::Metering::new(Duration::from_secs(
+                args.metering_interval_s,
+            ))),
             ..Default::default()
         },
     };

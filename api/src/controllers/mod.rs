@@ -5,6 +5,7 @@
 //! holds the advisory lock for a step acts, so several control services can share a database.
 
 pub mod autoscale;
+pub mod metering;
 pub mod provisioning;
 
 use crate::store::{Result, Store};
@@ -24,6 +25,8 @@ pub struct ControllerConfig {
     pub provisioner: Option<Arc<Provisioner>>,
     /// Scales apps with `[autoscale]`; shared by the clones of this config.
     pub autoscaler: Arc<autoscale::Autoscaler>,
+    /// Materialises the cost ledger; shared by the clones of this config.
+    pub metering: Arc<metering::Metering>,
 }
 
 impl Default for ControllerConfig {
@@ -33,13 +36,15 @@ impl Default for ControllerConfig {
             machine_ttl: Duration::from_secs(6),
             provisioner: None,
             autoscaler: Default::default(),
+            metering: Default::default(),
         }
     }
 }
 
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
 /// autoscaling (sets instance counts), apps (creates and retires tasks), placement (assigns
-/// pending tasks, asks for machines), provisioning (buys, waits for, and returns machines).
+/// pending tasks, asks for machines), provisioning (buys, waits for, and returns machines),
+/// metering (the cost ledger, at its own pace).
 #[tracing::instrument(skip_all)]
 pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;
@@ -65,6 +70,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     if let Some(provisioner) = &config.provisioner {
         provisioner.step(store).await?;
     }
+    config.metering.step(store).await?;
     Ok(())
 }
 

@@ -11,7 +11,9 @@ mod hosts;
 mod identity;
 mod jobs;
 mod machines;
+pub mod metering;
 mod provisioning;
+pub mod reports;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
@@ -19,6 +21,7 @@ pub use endpoints::Endpoint;
 pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;
+pub use metering::ProviderSpend;
 pub use provisioning::ProvisionedMachine;
 pub use tasks::{LogTarget, PlacementOutcome};
 

@@ -110,6 +110,7 @@ impl Store {
         machine_id: Uuid,
         reports: &[TaskReport],
     ) -> Result<()> {
+        Self::meter_reports(tx, machine_id, reports).await?;
         for report in reports {
             let state = match report.state {
                 RunState::Running | RunState::Restarting => TaskState::Running,
@@ -128,7 +129,8 @@ impl Store {
                         exit_code = $8, exit_signal = $9, oom_killed = oom_killed OR $10,
                         -- Why the control service stopped it stays, unless the agent says more.
                         message = CASE WHEN $11 = '' AND desired = 'stop' THEN message ELSE $11 END,
-                        cpu_usec = $12, memory_bytes = $13, memory_peak = $14,
+                        cpu_usec = $12, memory_bytes = $13, memory_peak = $14, memory_byte_seconds = $15,
+                        memory_sampled_ms = $16,
                         started_at = COALESCE(started_at, now()),
                         finished_at = CASE WHEN $3 IN ('exited', 'failed', 'stopped') THEN now() END
                  WHERE id = $1 AND machine_id = $2 AND state IN ('assigned', 'running')",
@@ -147,6 +149,8 @@ impl Store {
             .bind(to_i64(report.usage.cpu_usec, "usage.cpu_usec")?)
             .bind(to_i64(report.usage.memory_bytes, "usage.memory_bytes")?)
             .bind(to_i64(report.usage.memory_peak_bytes, "usage.memory_peak_bytes")?)
+            .bind(to_i64(report.usage.memory_byte_seconds, "usage.memory_byte_seconds")?)
+            .bind(to_i64(report.usage.memory_sampled_ms, "usage.memory_sampled_ms")?)
             .execute(&mut **tx)
             .await?;
         }
@@ -158,6 +162,60 @@ impl Store {
         )
         .bind(machine_id)
         .bind(&reported)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds what each active task used since its previous report to its row for the current UTC
+    /// hour (one row per task-hour). Counters that went down were restarted (a new agent
+    /// process): the new value is the increase. Peak memory is the highest sample in the hour,
+    /// and the cgroup's all-time peak when it rose since the previous report.
+    async fn meter_reports(
+        tx: &mut Transaction<'static, Postgres>,
+        machine_id: Uuid,
+        reports: &[TaskReport],
+    ) -> Result<()> {
+        let mut columns: [Vec<i64>; 5] = Default::default();
+        for report in reports {
+            let usage = &report.usage;
+            for (column, (value, field)) in columns.iter_mut().zip([
+                (usage.cpu_usec, "usage.cpu_usec"),
+                (usage.memory_bytes, "usage.memory_bytes"),
+                (usage.memory_peak_bytes, "usage.memory_peak_bytes"),
+                (usage.memory_byte_seconds, "usage.memory_byte_seconds"),
+                (usage.memory_sampled_ms, "usage.memory_sampled_ms"),
+            ]) {
+                column.push(to_i64(value, field)?);
+            }
+        }
+        let ids: Vec<Uuid> = reports.iter().map(|r| r.task_id).collect();
+        let [cpu, memory, peak, byte_seconds, sampled_ms] = columns;
+        sqlx::query(
+            "INSERT INTO task_usage_hours (task_id, hour, cpu_usec, memory_byte_seconds, memory_sampled_ms, memory_peak)
+             SELECT t.id, date_trunc('hour', now(), 'UTC'),
+                    CASE WHEN r.cpu >= t.cpu_usec THEN r.cpu - t.cpu_usec ELSE r.cpu END,
+                    CASE WHEN r.mbs >= t.memory_byte_seconds THEN r.mbs - t.memory_byte_seconds ELSE r.mbs END,
+                    CASE WHEN r.sms >= t.memory_sampled_ms THEN r.sms - t.memory_sampled_ms ELSE r.sms END,
+                    GREATEST(r.mem, CASE WHEN r.peak > t.memory_peak THEN r.peak ELSE 0 END)
+             FROM unnest($2::uuid[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+                  AS r(id, cpu, mem, peak, mbs, sms)
+             JOIN tasks t ON t.id = r.id
+             WHERE t.machine_id = $1 AND t.state IN ('assigned', 'running')
+               AND (r.cpu <> t.cpu_usec OR r.sms <> t.memory_sampled_ms OR r.peak > t.memory_peak)
+             ON CONFLICT (task_id, hour) DO UPDATE SET
+                cpu_usec = task_usage_hours.cpu_usec + EXCLUDED.cpu_usec,
+                memory_byte_seconds = task_usage_hours.memory_byte_seconds + EXCLUDED.memory_byte_seconds,
+                memory_sampled_ms = task_usage_hours.memory_sampled_ms + EXCLUDED.memory_sampled_ms,
+                memory_peak = GREATEST(task_usage_hours.memory_peak, EXCLUDED.memory_peak)",
+        )
+        .bind(machine_id)
+        .bind(&ids)
+        .bind(&cpu)
+        .bind(&memory)
+        .bind(&peak)
+        .bind(&byte_seconds)
+        .bind(&sampled_ms)
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -1,0 +1,313 @@
+//! Metering against a real Postgres: a hand-computed ledger fixture (machines and tasks with
+//! chosen times and prices), checked through the store's spend and report functions.
+
+#[allow(dead_code)] // Not every test file uses every helper.
+mod common;
+
+use canopy_api::store::{ProviderSpend, Store};
+use chrono::{DateTime, Utc};
+use common::TestDb;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+const GIB: i64 = 1 << 30;
+
+fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).expect("instant").with_timezone(&Utc)
+}
+
+/// Writes the fixture's rows directly: the store API stamps everything with `now()`.
+struct Fixture {
+    db: PgConnection,
+}
+
+struct MachineSpec<'a> {
+    provider: &'a str,
+    price_micros: i64,
+    milli_cpu: i64,
+    memory: i64,
+    created: &'a str,
+    terminated: Option<&'a str>,
+    spot: bool,
+    sunk: bool,
+}
+
+impl Fixture {
+    async fn new(db: &TestDb) -> Fixture {
+        Fixture { db: PgConnection::connect(&db.url()).await.expect("connect") }
+    }
+
+    async fn machine(&mut self, name: &str, m: MachineSpec<'_>) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO machines (id, name, provider, address, agent_endpoint, control_key, capacity_milli_cpu,
+                    capacity_memory, cgroup_version, state, region, offering, spot, sunk, price_micros, provisioned,
+                    created_at, terminated_at)
+             VALUES ($1, $2, $3, '127.0.0.1', '127.0.0.1:1', 'k', $4, $5, 1,
+                     CASE WHEN $8::timestamptz IS NULL THEN 'ready' ELSE 'terminated' END,
+                     $3 || '-region', $3 || '-offering', $9, $10, $6, true, $7, $8)",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(m.provider)
+        .bind(m.milli_cpu)
+        .bind(m.memory)
+        .bind(m.price_micros)
+        .bind(at(m.created))
+        .bind(m.terminated.map(at))
+        .bind(m.spot)
+        .bind(m.sunk)
+        .execute(&mut self.db)
+        .await
+        .expect("machine");
+        id
+    }
+
+    async fn app(&mut self, team: Uuid, name: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO apps (id, team_id, name, version, instances) VALUES ($1, $2, $3, 1, 1)")
+            .bind(id)
+            .bind(team)
+            .bind(name)
+            .execute(&mut self.db)
+            .await
+            .expect("app");
+        id
+    }
+
+    async fn task(
+        &mut self,
+        app: Uuid,
+        machine: Uuid,
+        milli_cpu: i64,
+        memory: i64,
+        from: &str,
+        to: Option<&str>,
+    ) -> Uuid {
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO tasks (id, app_id, version, instance, state, machine_id, milli_cpu, memory, started_at,
+                    finished_at)
+             VALUES ($1, $2, 1, 0, CASE WHEN $7::timestamptz IS NULL THEN 'running' ELSE 'exited' END, $3, $4, $5,
+                     $6, $7)",
+        )
+        .bind(id)
+        .bind(app)
+        .bind(machine)
+        .bind(milli_cpu)
+        .bind(memory)
+        .bind(at(from))
+        .bind(to.map(at))
+        .execute(&mut self.db)
+        .await
+        .expect("task");
+        id
+    }
+}
+
+/// The fixture, with every figure computed by hand below.
+///
+/// * `aws-a`: 4 cpu / 16 GiB at $0.10/h (100,000 micros), since 2026-10-31 23:00, still up.
+///   red/web holds half of it (2 cpu, 8 GiB) from 2026-11-10 00:00 on; red/batch held half of
+///   it from Oct 31 23:00 to Nov 1 01:00 (one hour of it in November); blue/api a quarter on
+///   Nov 14 00:00-12:00.
+/// * `aws-d`: spot, 2 cpu / 4 GiB at 360,000/h on Nov 2 00:00-06:00, all of it red/batch's.
+/// * `azure-b`: 2 cpu / 8 GiB at 200,000/h since Nov 15 10:00; red/web holds half from 11:00.
+/// * `owned-c`: owned, 8 cpu / 32 GiB at 50,000/h, blue only.
+///
+/// At `now` = 2026-11-15 12:00, red's month to date:
+/// * aws: Nov 1 00:00-01:00 half of 100,000 = 50,000; Nov 2 6 h x 360,000 = 2,160,000;
+///   Nov 10 00:00 - Nov 15 12:00 (132 h) half of 100,000/h = 6,600,000. Total 8,810,000.
+/// * azure: Nov 15 11:00-12:00, half of 200,000 = 100,000.
+///
+/// Run rate at `now`: aws half of 100,000 = 50,000/h; azure 100,000/h.
+async fn fixture(db: &TestDb, store: &Store) -> (Uuid, Uuid) {
+    let red = store.create_team("test", "red").await.expect("team").id;
+    let blue = store.create_team("test", "blue").await.expect("team").id;
+    let mut f = Fixture::new(db).await;
+    let on_demand = |provider, price_micros, milli_cpu, memory, created, terminated| MachineSpec {
+        provider,
+        price_micros,
+        milli_cpu,
+        memory,
+        created,
+        terminated,
+        spot: false,
+        sunk: false,
+    };
+    let a = f.machine("aws-a", on_demand("aws", 100_000, 4000, 16 * GIB, "2026-10-31T23:00:00Z", None)).await;
+    let d = f
+        .machine(
+            "aws-d",
+            MachineSpec {
+                spot: true,
+                ..on_demand("aws", 360_000, 2000, 4 * GIB, "2026-11-02T00:00:00Z", Some("2026-11-02T06:00:00Z"))
+            },
+        )
+        .await;
+    let b = f.machine("azure-b", on_demand("azure", 200_000, 2000, 8 * GIB, "2026-11-15T10:00:00Z", None)).await;
+    let c = f
+        .machine(
+            "owned-c",
+            MachineSpec { sunk: true, ..on_demand("openstack", 50_000, 8000, 32 * GIB, "2026-11-01T00:00:00Z", None) },
+        )
+        .await;
+    let web = f.app(red, "web").await;
+    let batch = f.app(red, "batch").await;
+    let api = f.app(blue, "api").await;
+    f.task(web, a, 2000, 8 * GIB, "2026-11-10T00:00:00Z", None).await;
+    f.task(batch, a, 2000, 8 * GIB, "2026-10-31T23:00:00Z", Some("2026-11-01T01:00:00Z")).await;
+    f.task(api, a, 1000, 4 * GIB, "2026-11-14T00:00:00Z", Some("2026-11-14T12:00:00Z")).await;
+    f.task(batch, d, 2000, 4 * GIB, "2026-11-02T00:00:00Z", Some("2026-11-02T06:00:00Z")).await;
+    f.task(web, b, 1000, 4 * GIB, "2026-11-15T11:00:00Z", None).await;
+    f.task(api, c, 4000, 16 * GIB, "2026-11-01T00:00:00Z", None).await;
+    (red, blue)
+}
+
+fn spend(provider: &str, month_to_date_micros: u64, hourly_run_rate_micros: u64) -> ProviderSpend {
+    ProviderSpend { provider: provider.into(), month_to_date_micros, hourly_run_rate_micros }
+}
+
+#[tokio::test]
+async fn team_spend_matches_the_hand_computed_ledger() {
+    let (db, store) = TestDb::create("canopy_metering").await;
+    let (red, blue) = fixture(&db, &store).await;
+    let now = at("2026-11-15T12:00:00Z");
+    assert_eq!(
+        store.team_spend(red, now).await.expect("red"),
+        vec![spend("aws", 8_810_000, 50_000), spend("azure", 100_000, 100_000)]
+    );
+    // Blue: a quarter of aws-a for 12 h (300,000); half of owned-c since Nov 1 (14.5 days,
+    // 348 h x 25,000 = 8,700,000), still running.
+    assert_eq!(
+        store.team_spend(blue, now).await.expect("blue"),
+        vec![spend("aws", 300_000, 0), spend("openstack", 8_700_000, 25_000)]
+    );
+    // Earlier in the month only what had happened by then counts.
+    let earlier = at("2026-11-02T03:00:00Z");
+    assert_eq!(store.team_spend(red, earlier).await.expect("red"), vec![spend("aws", 50_000 + 1_080_000, 360_000)]);
+    // Sharing idle back: red alone on aws-a and azure-b pays for all of both from now on.
+    let mut connection = PgConnection::connect(&db.url()).await.expect("connect");
+    sqlx::query("UPDATE settings SET cost_share_idle = true").execute(&mut connection).await.expect("share idle");
+    let shared = store.team_spend(red, now).await.expect("red");
+    assert_eq!(
+        shared.iter().map(|s| (s.provider.as_str(), s.hourly_run_rate_micros)).collect::<Vec<_>>(),
+        vec![("aws", 100_000), ("azure", 200_000)]
+    );
+}
+
+fn november() -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let day = |m, d| chrono::NaiveDate::from_ymd_opt(2026, m, d).expect("day");
+    (day(11, 1), day(12, 1))
+}
+
+#[tokio::test]
+async fn reports_read_the_materialised_ledger() {
+    use canopy_api::store::reports::{Dimension, ReportQuery};
+    let (db, store) = TestDb::create("canopy_metering").await;
+    let (red, _) = fixture(&db, &store).await;
+    let now = at("2026-11-15T12:00:00Z");
+    // Oct 31 to Nov 15, each day once; all but Nov 15 are final (an hour past their end).
+    assert_eq!(store.meter(now).await.expect("meter"), Some(16));
+    assert_eq!(store.meter(now).await.expect("meter again"), Some(1), "only Nov 15 again");
+    let (from, to) = november();
+    let by = |dims: &[Dimension]| ReportQuery::new(dims, from, to, None, None).expect("query");
+
+    // Whole month: aws-a 348 h x 100,000; aws-d 6 h x 360,000; azure-b 2 h x 200,000; owned-c
+    // 348 h x 50,000 = 54,760,000, of which red 8,910,000 and blue 9,000,000 (as team_spend).
+    let rows = store.cost_report(&by(&[Dimension::Team])).await.expect("cost by team");
+    let teams: Vec<_> = rows.iter().map(|r| (r.group.team.as_deref(), r.allocated_micros, r.idle_micros)).collect();
+    assert_eq!(teams, vec![(Some("blue"), 9_000_000, 0), (Some("red"), 8_910_000, 0), (None, 0, 36_850_000)]);
+    let rows = store.cost_report(&by(&[Dimension::Provider])).await.expect("cost by provider");
+    let providers: Vec<_> = rows.iter().map(|r| (r.group.provider.as_deref(), r.total_micros)).collect();
+    assert_eq!(providers, vec![(Some("aws"), 36_960_000), (Some("azure"), 400_000), (Some("openstack"), 17_400_000)]);
+    // One team's view has no idle; one provider's view only that provider.
+    let red_only = ReportQuery::new(&[Dimension::App, Dimension::Provider], from, to, Some(red), None).expect("q");
+    let rows = store.cost_report(&red_only).await.expect("red by app");
+    let apps: Vec<_> =
+        rows.iter().map(|r| (r.group.app.as_deref(), r.group.provider.as_deref(), r.total_micros)).collect();
+    assert_eq!(
+        apps,
+        vec![
+            (Some("batch"), Some("aws"), 2_210_000),
+            (Some("web"), Some("aws"), 6_600_000),
+            (Some("web"), Some("azure"), 100_000)
+        ]
+    );
+    let azure = ReportQuery::new(&[Dimension::Day], from, to, None, Some("azure".into())).expect("q");
+    let rows = store.cost_report(&azure).await.expect("azure by day");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].group.day, rows[0].allocated_micros, rows[0].idle_micros),
+        (chrono::NaiveDate::from_ymd_opt(2026, 11, 15), 100_000, 300_000)
+    );
+
+    // Utilization on azure-b: red/web requested 1 of its 2 cpus for 1 of its 2 hours.
+    let rows = store.utilization_report(&azure).await.expect("utilization");
+    assert_eq!(rows[0].cpu_requested_core_hours, 1.0);
+    assert_eq!(rows[0].cpu_capacity_core_hours, 4.0);
+    assert_eq!(rows[0].cpu_requested_of_capacity(), Some(0.25));
+    assert_eq!(rows[0].memory_requested_gib_hours, 4.0);
+    assert_eq!(rows[0].cpu_used_core_hours, 0.0, "no usage reported in the fixture");
+}
+
+#[tokio::test]
+async fn heartbeats_add_usage_increases_to_hourly_rows() {
+    use canopy_api::store::reports::{Dimension, ReportQuery};
+    use canopy_core::wire::{HeartbeatRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
+    let (db, store) = TestDb::create("canopy_metering").await;
+    let team = store.create_team("test", "red").await.expect("team").id;
+    let machine = common::join(&store, "m1", &[]).await;
+    let spec = canopy_core::spec::AppSpec::from_toml(
+        "name = \"web\"\ncommand = \"sleep\"\nargs = [\"60\"]\n[resources]\ncpu = 500\nmemory = \"64Mi\"\n",
+    )
+    .expect("spec");
+    store.apply_app("test", team, &spec).await.expect("apply");
+    store.reconcile_apps().await.expect("reconcile");
+    store.place_pending(&common::no_catalog(), &Default::default()).await.expect("place");
+    let heartbeat =
+        |tasks| HeartbeatRequest { protocol: PROTOCOL_VERSION, agent_endpoint: "127.0.0.1:1".into(), tasks };
+    let desired = store.heartbeat(machine, &heartbeat(vec![]), 1000).await.expect("heartbeat").desired;
+    let task = desired[0].task_id;
+    let report = |cpu_usec, memory_bytes, memory_peak_bytes, memory_byte_seconds, memory_sampled_ms| TaskReport {
+        task_id: task,
+        state: RunState::Running,
+        pid: Some(42),
+        ports: Default::default(),
+        healthy: None,
+        restarts: 0,
+        last_exit: None,
+        usage: Usage { cpu_usec, memory_bytes, memory_peak_bytes, memory_byte_seconds, memory_sampled_ms },
+    };
+    const MIB: u64 = 1 << 20;
+    for usage in [
+        report(1_000_000, 100 * MIB, 120 * MIB, 50, 1_000),
+        report(3_000_000, 100 * MIB, 150 * MIB, 150, 3_000),
+        // A restarted agent meters memory from zero again; the kernel's cpu counter goes on.
+        report(4_000_000, 80 * MIB, 150 * MIB, 20, 500),
+    ] {
+        store.heartbeat(machine, &heartbeat(vec![usage]), 1000).await.expect("heartbeat");
+    }
+    // Summed over rows, should the hour have turned between two heartbeats.
+    let mut connection = PgConnection::connect(&db.url()).await.expect("connect");
+    let totals: (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT SUM(cpu_usec)::bigint, SUM(memory_byte_seconds)::bigint, SUM(memory_sampled_ms)::bigint,
+                MAX(memory_peak) FROM task_usage_hours WHERE task_id = $1",
+    )
+    .bind(task)
+    .fetch_one(&mut connection)
+    .await
+    .expect("usage rows");
+    assert_eq!(totals, (4_000_000, 50 + 100 + 20, 1_000 + 2_000 + 500, 150 * MIB as i64));
+
+    // The ledger carries it into the utilization report: 4 cpu seconds.
+    store.meter(Utc::now()).await.expect("meter");
+    // Yesterday too, should midnight have passed since the heartbeats.
+    let today = Utc::now().date_naive();
+    let (from, to) = (today - chrono::Days::new(1), today + chrono::Days::new(1));
+    let query = ReportQuery::new(&[Dimension::Team], from, to, Some(team), None).expect("query");
+    let rows = store.utilization_report(&query).await.expect("utilization");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].cpu_used_core_hours, 4000.0 / 3.6e6);
+    assert_eq!(rows[0].memory_used_gib_hours, 170.0 / (3600.0 * 1073741824.0));
+}
