@@ -14,7 +14,7 @@ demo:
 # The whole test suite: formatting, lints, the emulated clouds' own tests, unit, integration
 # and end-to-end tests.
 test:
-	@url=$$(./scripts/setup.sh) && \
+	@url=$$(./scripts/setup.sh test) && \
 	cargo fmt --all --check && \
 	py=$$(./localstack/moto/install.sh) && \
 	$$py localstack/moto/test_canopy_moto.py && \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes this machine ready for the demo and the tests, idempotently:
-#   - Debian packages Canopy needs (PostgreSQL, python3 for the sample app, curl);
+#   - Debian packages Canopy needs (PostgreSQL, python3 for the sample app, curl), and with
+#     `setup.sh test` Chromium too (the web UI's real-browser test runs it headless);
 #   - a PostgreSQL that accepts `postgres` without a password on loopback: the one on
 #     127.0.0.1:5432 when it does, else a private cluster under .canopy/pg on a free port.
 # Prints the database URL (a maintenance database; tests and the demo create their own).
@@ -14,6 +15,9 @@ command -v python3 >/dev/null || need+=(python3)
 command -v curl >/dev/null || need+=(curl)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v pg_isready >/dev/null || need+=(postgresql-client)
+if [ "${1:-}" = test ]; then
+    command -v chromium >/dev/null || need+=(chromium)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive

@@ -11,3 +11,4 @@ pub mod controllers;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod ui;

@@ -211,6 +211,9 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         .post("/v1/tokens", serde_json::json!({"name": "demo-developer", "role": "developer", "team": "demo"}))
         .await?;
     let developer_token = developer["token"].as_str().context("no token")?.to_string();
+    let finance =
+        api.post("/v1/tokens", serde_json::json!({"name": "demo-finance", "role": "finance", "team": "demo"})).await?;
+    let finance_token = finance["token"].as_str().context("no token")?.to_string();
     let config_path = write_cli_config(&control.url, &developer_token)?;
 
     register_hosts(&api, &stack).await?;
@@ -227,6 +230,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         println!("entry: {entry}/demo/hello/   (one URL for all of hello's instances, in turn)");
     }
     println!("api: {}", control.url);
+    println!("ui: {}/ui/", control.url);
     println!();
     println!("The CLI is configured ({}) as a developer of team demo. Try:", config_path.display());
     println!("  target/debug/canopy status hello");
@@ -237,6 +241,8 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     for emulator in &stack.emulators {
         println!("Emulated {}: {}", emulator.kind.name(), emulator.url);
     }
+    println!("Sign in to the web UI with a token: the admin's, the developer's (in the CLI config), or");
+    println!("  finance (team demo, reports only): {finance_token}");
     println!("Admin token: {admin_token}   Logs: {}", state_dir.display());
     println!("Ctrl-C stops everything the demo started.");
 

@@ -2,7 +2,7 @@
 
 use super::{ApiError, AppState, Body};
 use crate::auth::{Caller, Role, Scope};
-use crate::store::{AppDetail, AppSummary};
+use crate::store::{AppDetail, AppSummary, LogTarget};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -208,32 +208,64 @@ async fn logs(
     }
     let scope = scope(&state, &caller, q.team.as_deref()).await?;
     let target = state.store.log_target(scope, &name, q.instance).await?;
-    let url = format!("http://{}/v1/tasks/{}/logs", target.agent_endpoint, target.task_id);
-    let unreachable = |e: reqwest::Error| {
-        tracing::warn!(error = %e, endpoint = %target.agent_endpoint, "agent unreachable for logs");
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "agent_unreachable",
-            format!("the agent on {} did not answer", target.agent_endpoint),
-        )
-    };
+    let tail = q.tail.unwrap_or(64 * 1024);
+    if !q.follow {
+        return Ok(log_tail(&state, &target, &q.stream, tail).await?.into_response());
+    }
     // The shared agents client has a total timeout, which would cut a follow short.
-    let client = if q.follow { follow_client().map_err(unreachable)? } else { state.agents.clone() };
-    let mut query = vec![("stream", q.stream.clone()), ("tail", q.tail.unwrap_or(64 * 1024).to_string())];
-    if q.follow {
+    let client = follow_client().map_err(|e| unreachable(&target, e))?;
+    let response = agent_log(&client, &target, &q.stream, tail, true).await?;
+    tracing::info!(app = %name, task = %target.task_id, stream = %q.stream, "following logs");
+    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")];
+    Ok((headers, axum::body::Body::new(reqwest::Body::from(response))).into_response())
+}
+
+/// The last `tail` bytes of a task's `stream` (stdout or stderr), from its machine's agent.
+/// The web UI's log panel reads logs through this too.
+pub(crate) async fn log_tail(
+    state: &AppState,
+    target: &LogTarget,
+    stream: &str,
+    tail: u64,
+) -> Result<String, ApiError> {
+    let response = agent_log(&state.agents, target, stream, tail, false).await?;
+    response.text().await.map_err(|e| unreachable(target, e))
+}
+
+/// Asks the task's agent for its log: the last `tail` bytes, and on with `follow`.
+async fn agent_log(
+    client: &reqwest::Client,
+    target: &LogTarget,
+    stream: &str,
+    tail: u64,
+    follow: bool,
+) -> Result<reqwest::Response, ApiError> {
+    let url = format!("http://{}/v1/tasks/{}/logs", target.agent_endpoint, target.task_id);
+    let mut query = vec![("stream", stream.to_string()), ("tail", tail.to_string())];
+    if follow {
         query.push(("follow", "true".into()));
     }
-    let response = client.get(url).bearer_auth(&target.control_key).query(&query).send().await.map_err(unreachable)?;
+    let response = client
+        .get(url)
+        .bearer_auth(&target.control_key)
+        .query(&query)
+        .send()
+        .await
+        .map_err(|e| unreachable(target, e))?;
     if !response.status().is_success() {
         let status = response.status();
         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "agent_error", format!("the agent answered {status}")));
     }
-    if !q.follow {
-        return Ok(response.text().await.map_err(unreachable)?.into_response());
-    }
-    tracing::info!(app = %name, task = %target.task_id, stream = %q.stream, "following logs");
-    let headers = [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")];
-    Ok((headers, axum::body::Body::new(reqwest::Body::from(response))).into_response())
+    Ok(response)
+}
+
+fn unreachable(target: &LogTarget, error: reqwest::Error) -> ApiError {
+    tracing::warn!(%error, endpoint = %target.agent_endpoint, "agent unreachable for logs");
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "agent_unreachable",
+        format!("the agent on {} did not answer", target.agent_endpoint),
+    )
 }
 
 /// A client for one follow: it may connect for 10 s, then the stream lasts as long as the task.

@@ -1,4 +1,5 @@
-//! The HTTP API: `/v1` JSON resources, `/healthz`, `/openapi.json`.
+//! The HTTP API: `/v1` JSON resources, `/healthz`, `/openapi.json`, and the web UI's
+//! `/ui/` pages (`crate::ui`).
 //!
 //! One module per resource, each with a `router()`. Handlers parse input into core types,
 //! check the caller's role, call the store, and shape the answer; they hold no state.
@@ -11,6 +12,7 @@ mod error;
 mod hosts;
 mod machines;
 
+pub(crate) use apps::log_tail;
 pub use error::ApiError;
 
 use crate::auth::{Caller, Role};
@@ -46,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .nest("/v1", v1)
+        .merge(crate::ui::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -184,6 +184,16 @@ impl Store {
         .await?)
     }
 
+    /// Memory the running tasks of each machine use now (from their last reports), by machine.
+    pub async fn machines_memory_in_use(&self) -> Result<Vec<(Uuid, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT machine_id, COALESCE(SUM(memory_bytes), 0)::bigint FROM tasks
+             WHERE state = 'running' AND machine_id IS NOT NULL GROUP BY machine_id",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// One step of the liveness controller: machines silent for longer than `ttl` are lost,
     /// and so are their active tasks (replacements are created by the app controller).
     /// Returns the machines declared lost in this step.

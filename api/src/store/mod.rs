@@ -14,6 +14,7 @@ mod machines;
 pub mod metering;
 mod provisioning;
 pub mod reports;
+mod sessions;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
@@ -23,6 +24,7 @@ pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;
 pub use metering::ProviderSpend;
 pub use provisioning::ProvisionedMachine;
+pub use sessions::{NewSession, SessionRow};
 pub use tasks::{LogTarget, PlacementOutcome};
 
 use serde::{Deserialize, Serialize};
@@ -100,6 +102,20 @@ impl Store {
              WHERE $1::uuid IS NULL OR team_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(team)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// The newest events about `subject` (an app's deploys, scalings, rollbacks, ...).
+    pub async fn events_about(&self, team: Option<uuid::Uuid>, subject: &str, limit: i64) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT id, at, actor, kind, subject, detail FROM events
+             WHERE ($1::uuid IS NULL OR team_id = $1) AND subject = $2 ORDER BY id DESC LIMIT $3",
+        )
+        .bind(team)
+        .bind(subject)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
