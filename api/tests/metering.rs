@@ -311,3 +311,183 @@ async fn heartbeats_add_usage_increases_to_hourly_rows() {
     assert_eq!(rows[0].cpu_used_core_hours, 4000.0 / 3.6e6);
     assert_eq!(rows[0].memory_used_gib_hours, 170.0 / (3600.0 * 1073741824.0));
 }
+
+/// The API on port 0 over `store`, without controllers (the fixture's clock is fixed).
+async fn serve(store: &Store) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let state = canopy_api::http::AppState {
+        store: store.clone(),
+        heartbeat_interval: std::time::Duration::from_secs(1),
+        agents: reqwest::Client::new(),
+    };
+    tokio::spawn(async move { axum::serve(listener, canopy_api::http::router(state)).await });
+    format!("http://{address}")
+}
+
+async fn get(base: &str, token: &str, path: &str) -> (u16, String) {
+    let response = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.expect("get");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn the_reports_api_answers_json_and_csv_per_role_and_names_bad_parameters() {
+    use canopy_api::auth::Role;
+    let (db, store) = TestDb::create("canopy_metering").await;
+    fixture(&db, &store).await;
+    store.meter(at("2026-11-15T12:00:00Z")).await.expect("meter");
+    let admin = store.bootstrap_admin(None).await.expect("admin").expect("created");
+    let finance = store.create_token("test", "fin", Role::Finance, Some("red")).await.expect("finance").token;
+    let base = serve(&store).await;
+    let november = "from=2026-11-01&to=2026-11-16";
+
+    let (status, body) = get(&base, &admin, &format!("/v1/reports/cost?by=team&{november}")).await;
+    assert_eq!(status, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let totals: Vec<(serde_json::Value, i64)> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| (r["team"].clone(), r["total_micros"].as_i64().expect("total")))
+        .collect();
+    assert_eq!(
+        totals,
+        vec![("blue".into(), 9_000_000), ("red".into(), 8_910_000), (serde_json::Value::Null, 36_850_000)]
+    );
+    assert_eq!(report["by"], serde_json::json!(["team"]));
+
+    // CSV by parameter or by Accept header, the same text.
+    let (status, csv) = get(&base, &admin, &format!("/v1/reports/cost?by=team,provider&{november}&format=csv")).await;
+    assert_eq!(status, 200);
+    let accepted = reqwest::Client::new()
+        .get(format!("{base}/v1/reports/cost?by=team,provider&{november}"))
+        .bearer_auth(&admin)
+        .header("accept", "text/csv")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(accepted.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(accepted.text().await.expect("body"), csv);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "team,provider,allocated_micros,idle_micros,total_micros,total");
+    assert!(lines.contains(&"red,azure,100000,0,100000,0.100000"), "{csv}");
+    assert!(lines.contains(&"(idle),openstack,0,8700000,8700000,8.700000"), "{csv}");
+
+    // Finance sees its own team only, without idle; another team is not found.
+    let (status, body) = get(&base, &finance, &format!("/v1/reports/cost?{november}&format=csv")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "team,allocated_micros,idle_micros,total_micros,total\r\nred,8910000,0,8910000,8.910000\r\n")
+    );
+    let (status, _) = get(&base, &finance, &format!("/v1/reports/cost?team=blue&{november}")).await;
+    assert_eq!(status, 404);
+
+    // Savings against the shipped catalogs: baseline minus actual on every row.
+    let (status, body) = get(&base, &admin, &format!("/v1/reports/savings?by=provider&{november}")).await;
+    assert_eq!(status, 200, "{body}");
+    let savings: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(savings["baseline_provider"].is_string(), "{body}");
+    let rows = savings["rows"].as_array().expect("rows");
+    let actual: i64 = rows.iter().map(|r| r["actual_micros"].as_i64().expect("actual")).sum();
+    assert_eq!(actual, 54_760_000);
+    for r in rows {
+        let (baseline, actual, saved) = (&r["baseline_micros"], &r["actual_micros"], &r["savings_micros"]);
+        assert!(baseline.as_i64().expect("baseline") > 0, "{r}");
+        assert_eq!(saved.as_i64(), Some(baseline.as_i64().expect("b") - actual.as_i64().expect("a")));
+    }
+
+    // Bad parameters: 400, naming the parameter; nothing else changes.
+    for (query, named) in [
+        ("by=colour", "by: "),
+        ("month=2026-13", "month: "),
+        ("from=2026-11-05&to=2026-11-01", "to: "),
+        ("to=2026-11-05", "from: "),
+        ("month=2026-11&from=2026-11-01", "month: "),
+        ("format=xml", "format: "),
+        ("colour=blue", "colour"),
+    ] {
+        let (status, body) = get(&base, &admin, &format!("/v1/reports/utilization?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = serde_json::from_str::<serde_json::Value>(&body).expect("error")["error"]["message"].clone();
+        assert!(message.as_str().expect("message").contains(named), "{query}: {message}");
+    }
+    let (status, _) = get(&base, "not-a-token", "/v1/reports/cost").await;
+    assert_eq!(status, 401);
+
+    // Budgets: set by admins only, read per month.
+    let put = |token: &str, body: serde_json::Value| {
+        reqwest::Client::new()
+            .put(format!("{base}/v1/teams/red/budget"))
+            .bearer_auth(token.to_string())
+            .json(&body)
+            .send()
+    };
+    assert_eq!(put(&finance, serde_json::json!({"monthly": "5.00"})).await.expect("put").status(), 403);
+    let refused = put(&admin, serde_json::json!({"monthly": "5.00", "webhook_url": "ftp://x"})).await.expect("put");
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.expect("body").contains("webhook_url"));
+    assert_eq!(put(&admin, serde_json::json!({"monthly": "5.00"})).await.expect("put").status(), 204);
+    // October is over: red spent half of aws-a's first hour (50,000) and forecasts no more.
+    let (status, csv) = get(&base, &finance, "/v1/reports/budgets?month=2026-10&format=csv").await;
+    assert_eq!(status, 200, "{csv}");
+    assert_eq!(
+        csv,
+        "team,month,budget_micros,spent_micros,hourly_run_rate_micros,forecast_micros,over_budget\r\n\
+         red,2026-10,5000000,50000,0,50000,false\r\n"
+    );
+    let (status, body) = get(&base, &admin, "/v1/reports/budgets?by=provider").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_forecast_crossing_the_budget_is_alerted_once_with_an_event_and_a_webhook() {
+    let (db, store) = TestDb::create("canopy_metering").await;
+    let (red, _) = fixture(&db, &store).await;
+    let now = at("2026-11-15T12:00:00Z");
+    // Red: 8,910,000 so far and 150,000/h for the 372 h left = 64,710,000.
+    store.set_budget("test", "red", Some(100_000_000), None).await.expect("budget");
+    assert_eq!(store.check_budgets(now).await.expect("check"), Some(0));
+    let rows = store.budget_report(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).expect("day"), Some(red), now).await;
+    let row = rows.expect("report").pop().expect("red");
+    assert_eq!((row.spent_micros, row.hourly_run_rate_micros, row.forecast_micros), (8_910_000, 150_000, 64_710_000));
+    assert!(!row.over_budget);
+
+    // A webhook receiver that keeps what it is sent.
+    let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+            let sent = sent.clone();
+            async move {
+                let _ = sent.send(body);
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hook = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    store.set_budget("test", "red", Some(50_000_000), Some(&hook)).await.expect("budget");
+    assert_eq!(store.check_budgets(now).await.expect("check"), Some(1), "crossed");
+    assert_eq!(store.check_budgets(now).await.expect("check"), Some(0), "once per crossing");
+    let events = store.events(Some(red), 10).await.expect("events");
+    let over: Vec<_> = events.iter().filter(|e| e.kind == "budget.forecast_over").collect();
+    assert_eq!(over.len(), 1);
+    assert_eq!(over[0].detail["forecast_micros"], 64_710_000);
+
+    // The metering controller delivers it, once.
+    let metering = canopy_api::controllers::metering::Metering::new(std::time::Duration::ZERO);
+    metering.step(&store).await.expect("step");
+    let payload = received.recv().await.expect("webhook");
+    assert_eq!(payload["kind"], "budget.forecast_over");
+    assert_eq!(payload["detail"]["team"], "red");
+    metering.step(&store).await.expect("step");
+    assert!(store.pending_webhooks().await.expect("pending").is_empty());
+    assert!(received.try_recv().is_err(), "delivered once");
+
+    // Back under budget, then over again: a second crossing, a second alert.
+    store.set_budget("test", "red", Some(1_000_000_000), Some(&hook)).await.expect("budget");
+    assert_eq!(store.check_budgets(now).await.expect("check"), Some(0));
+    store.set_budget("test", "red", Some(50_000_000), None).await.expect("budget");
+    assert_eq!(store.check_budgets(now).await.expect("check"), Some(1));
+}

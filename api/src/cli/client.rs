@@ -87,6 +87,13 @@ impl Client {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
+    /// A PUT whose answer has no body (204).
+    pub async fn put_empty<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
+        let response = self.with_team(self.http.put(self.url(path)).json(body)).bearer_auth(&self.token).send().await;
+        check(response.with_context(|| format!("cannot reach {}", self.base))?).await?;
+        Ok(())
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }

@@ -3,6 +3,7 @@
 mod client;
 mod hosts;
 mod providers;
+mod reports;
 mod table;
 
 pub use client::CliConfig;
@@ -103,6 +104,12 @@ enum Command {
     /// Bare-metal hosts Canopy powers on through their BMC when the pool needs them.
     #[command(subcommand)]
     Hosts(hosts::HostsCommand),
+    /// Finance reports: cost, utilization, savings, budgets.
+    #[command(subcommand)]
+    Report(reports::ReportCommand),
+    /// Team budgets (admin).
+    #[command(subcommand)]
+    Budget(reports::BudgetCommand),
     /// Create an API token (admin); the secret is printed once.
     Token {
         name: String,
@@ -289,6 +296,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             print(json, &team, || format!("team {} created\n", team.name))
         }
         Command::Hosts(command) => hosts::run(&client, command, json).await,
+        Command::Report(command) => reports::run(&client, command, json).await,
+        Command::Budget(command) => reports::budget(&client, command, json).await,
         Command::Token { name, role, team } => {
             let token: NewToken =
                 client.post("/v1/tokens", &serde_json::json!({"name": name, "role": role, "team": team})).await?;

@@ -7,10 +7,12 @@
 mod admin;
 mod agent;
 mod apps;
+mod budgets;
 pub mod entry;
 mod error;
 mod hosts;
 mod machines;
+mod reports;
 
 pub(crate) use apps::log_tail;
 pub use error::ApiError;
@@ -43,7 +45,9 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(machines::router())
         .merge(hosts::router())
-        .merge(agent::router());
+        .merge(agent::router())
+        .merge(reports::router())
+        .merge(budgets::router());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))

@@ -6,6 +6,7 @@
 
 mod apps;
 pub mod autoscale;
+pub mod budgets;
 mod endpoints;
 mod hosts;
 mod identity;

@@ -130,6 +130,11 @@ async fn openapi_document_lists_every_route() -> anyhow::Result<()> {
         "/v1/events",
         "/v1/agent/join",
         "/v1/agent/heartbeat",
+        "/v1/reports/cost",
+        "/v1/reports/utilization",
+        "/v1/reports/savings",
+        "/v1/reports/budgets",
+        "/v1/teams/{team}/budget",
         "/healthz",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
