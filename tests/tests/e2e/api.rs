@@ -95,7 +95,7 @@ async fn tokens_roles_and_teams_are_enforced() -> anyhow::Result<()> {
     // Join tokens are single use.
     let join = stack.admin.call(Method::POST, "/v1/join-tokens", Some(json!({}))).await?.ok()?;
     let request = |name: &str| {
-        json!({"protocol": 1, "join_token": join["token"], "name": name, "address": "127.0.0.1",
+        json!({"protocol": canopy_core::wire::PROTOCOL_VERSION, "join_token": join["token"], "name": name, "address": "127.0.0.1",
                "agent_endpoint": "127.0.0.1:1", "capacity": {"milli_cpu": 1000, "memory_bytes": 1073741824}, "cgroup_version": 1})
     };
     let anonymous = Api::anonymous(&stack.control.url);
