@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod controllers;
 pub mod http;
+pub mod policy;
 pub mod server;
 pub mod store;
 pub mod ui;

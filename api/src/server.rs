@@ -52,7 +52,12 @@ pub async fn run(
         None => None,
     };
     let agents = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(std::io::Error::other)?;
-    let state = AppState { store, heartbeat_interval: config.heartbeat_interval, agents };
+    let state = AppState {
+        store,
+        heartbeat_interval: config.heartbeat_interval,
+        agents,
+        buyable: config.controllers.buyable.subscribe(),
+    };
     // Graceful: in-flight requests may finish, but a long one (a followed log) is cut after
     // `DRAIN`, so the service always stops.
     let (stopping_tx, mut stopping) = watch::channel(false);

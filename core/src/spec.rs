@@ -22,6 +22,11 @@ pub struct AppSpec {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The workload's own labels (`team`-independent names such as `env = "prod"`): what a
+    /// policy scoped to labels matches. Not machine labels (those are `placement.labels`). Left
+    /// out of the serialized form when empty, for the same reason as `placement`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     #[serde(default = "default_instances")]
     pub instances: u32,
     pub resources: ResourceSpec,
@@ -639,6 +644,12 @@ impl AppSpec {
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(SpecError::new(format!("env.{key}"), "variable names use letters, digits and _"));
+            }
+        }
+        for key in self.labels.keys() {
+            if key.is_empty() || key.trim() != key {
+                let message = format!("label name {key:?} must not be empty or start or end with whitespace");
+                return Err(SpecError::new(format!("labels.{key}"), message));
             }
         }
         if self.instances > MAX_INSTANCES {

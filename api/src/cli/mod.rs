@@ -2,6 +2,7 @@
 
 mod client;
 mod hosts;
+mod policy;
 mod providers;
 mod reports;
 mod table;
@@ -10,6 +11,7 @@ pub use client::CliConfig;
 
 use crate::auth::Role;
 use crate::controllers::provisioning::{Provisioner, ProvisioningConfig};
+use crate::policy::Deployed;
 use crate::server::{self, ServeConfig};
 use crate::store::{AppDetail, AppSummary, EventRow, MachineRow, NewToken, Store, TeamRow};
 use anyhow::{Context, Result, bail};
@@ -58,7 +60,13 @@ enum Command {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Show what the deploy would do (placement, hourly cost here and on each other
+        /// allowed provider, every policy verdict) and store nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
+    /// Why an app runs where it does and what it would cost elsewhere, or why it waits.
+    Explain { app: String },
     /// One app's instances, or every app when no name is given.
     Status { app: Option<String> },
     /// List apps.
@@ -110,6 +118,9 @@ enum Command {
     /// Team budgets (admin).
     #[command(subcommand)]
     Budget(reports::BudgetCommand),
+    /// Portability policies: residency, portability, concentration, budget, spot.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Create an API token (admin); the secret is printed once.
     Token {
         name: String,
@@ -180,7 +191,11 @@ pub async fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
     match cli.command {
         Command::Serve(_) => unreachable_serve(),
-        Command::Deploy { file, no_wait, timeout } => deploy(&client, &file, no_wait, timeout, json).await,
+        Command::Deploy { file, dry_run: true, .. } => policy::dry_run(&client, &file, json).await,
+        Command::Deploy { file, no_wait, timeout, dry_run: false } => {
+            deploy(&client, &file, no_wait, timeout, json).await
+        }
+        Command::Explain { app } => policy::explain(&client, &app, json).await,
         Command::Status { app: Some(app) } => {
             let detail: AppDetail = client.get(&format!("/v1/apps/{app}")).await?;
             print(json, &detail, || status_table(&detail))
@@ -188,7 +203,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status { app: None } | Command::Apps => {
             let apps: Vec<AppSummary> = client.get("/v1/apps").await?;
             print(json, &apps, || {
-                let mut table = Table::new(&["TEAM", "APP", "VERSION", "INSTANCES", "RUNNING", "HEALTHY"]);
+                let mut table = Table::new(&["TEAM", "APP", "VERSION", "INSTANCES", "RUNNING", "HEALTHY", "PORTABLE"]);
                 for a in &apps {
                     table.row(vec![
                         a.team.clone(),
@@ -197,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                         a.instances.to_string(),
                         a.running.to_string(),
                         a.healthy.to_string(),
+                        if a.portability.is_empty() { "yes" } else { "NO (canopy explain)" }.to_string(),
                     ]);
                 }
                 table.to_string()
@@ -298,6 +314,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Hosts(command) => hosts::run(&client, command, json).await,
         Command::Report(command) => reports::run(&client, command, json).await,
         Command::Budget(command) => reports::budget(&client, command, json).await,
+        Command::Policy(command) => policy::run(&client, command, json).await,
         Command::Token { name, role, team } => {
             let token: NewToken =
                 client.post("/v1/tokens", &serde_json::json!({"name": name, "role": role, "team": team})).await?;
@@ -392,6 +409,9 @@ fn status_table(detail: &AppDetail) -> String {
         "{} (team {}) version {}: {}/{} running, {} healthy\n",
         s.name, s.team, s.version, s.running, s.instances, s.healthy
     );
+    if !s.portability.is_empty() {
+        out.push_str(&format!("lost its portability: {}\n", s.portability));
+    }
     let mut table =
         Table::new(&["INSTANCE", "VERSION", "STATE", "MACHINE", "ENDPOINT", "PID", "HEALTHY", "RESTARTS", "MESSAGE"]);
     for t in &detail.tasks {
@@ -447,14 +467,22 @@ async fn follow_job(client: &Client, path: &str, name: &str, timeout: u64, json:
     }
 }
 
-async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout: u64, json: bool) -> Result<()> {
+/// Reads and validates an app.toml locally, so a mistake is named before anything is sent.
+fn read_spec(file: &std::path::Path) -> Result<AppSpec> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let spec = AppSpec::from_toml(&text).with_context(|| format!("{} is not a valid app spec", file.display()))?;
+    AppSpec::from_toml(&text).with_context(|| format!("{} is not a valid app spec", file.display()))
+}
+
+async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout: u64, json: bool) -> Result<()> {
+    let spec = read_spec(file)?;
     let path = format!("/v1/apps/{}", spec.name);
-    let applied: AppDetail = client.put(&path, &spec).await?;
+    let Deployed { app: applied, warnings } = client.put(&path, &spec).await?;
     let version = applied.summary.version;
     if !json {
         println!("{} version {version} accepted ({} instances)", spec.name, spec.instances);
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
     }
     if no_wait {
         return print(json, &applied, String::new);

@@ -9,11 +9,21 @@ pub mod metering;
 pub mod provisioning;
 
 use crate::store::{Result, Store};
-use canopy_core::schedule::Catalog;
+use canopy_core::schedule::{Catalog, Quota};
 use provisioning::Provisioner;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// What can be bought now, as the last controller step saw it: the API's policy assessments
+/// (deploy, dry run, explain) dry-run against it. Derived from the providers, so a restart
+/// rebuilds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Buyable {
+    pub catalog: Arc<Catalog>,
+    pub quotas: BTreeMap<String, Quota>,
+}
 
 #[derive(Clone)]
 pub struct ControllerConfig {
@@ -27,6 +37,11 @@ pub struct ControllerConfig {
     pub autoscaler: Arc<autoscale::Autoscaler>,
     /// Materialises the cost ledger; shared by the clones of this config.
     pub metering: Arc<metering::Metering>,
+    /// Published after every step that changed it.
+    pub buyable: Arc<watch::Sender<Buyable>>,
+    /// What the last portability re-check saw (what could be bought, how many policy
+    /// versions there were): a change in either re-checks every app.
+    pub rechecked: Arc<tokio::sync::Mutex<Option<(Buyable, i64)>>>,
 }
 
 impl Default for ControllerConfig {
@@ -37,6 +52,8 @@ impl Default for ControllerConfig {
             provisioner: None,
             autoscaler: Default::default(),
             metering: Default::default(),
+            buyable: Arc::new(watch::Sender::new(Buyable::default())),
+            rechecked: Default::default(),
         }
     }
 }
@@ -57,6 +74,14 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
         Some(provisioner) => (provisioner.available_catalog(store).await?, provisioner.quotas(store).await?),
         None => (Arc::new(Catalog::default()), Default::default()),
     };
+    config.buyable.send_if_modified(|buyable| {
+        let changed = *buyable.catalog != *catalog || buyable.quotas != quotas;
+        if changed {
+            *buyable = Buyable { catalog: catalog.clone(), quotas: quotas.clone() };
+        }
+        changed
+    });
+    recheck_portability(store, config).await?;
     let placement = store.place_pending(&catalog, &quotas).await?;
     if placement.placed > 0 || task_changes > 0 || placement.machines_requested > 0 {
         tracing::info!(
@@ -71,6 +96,22 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
         provisioner.step(store).await?;
     }
     config.metering.step(store).await?;
+    Ok(())
+}
+
+/// When a policy was applied or what can be bought changed, re-assesses every live app: its
+/// binding follows the policies, and an app whose min_providers is no longer met is flagged
+/// (an audit event when the flag flips).
+async fn recheck_portability(store: &Store, config: &ControllerConfig) -> Result<()> {
+    let buyable = config.buyable.borrow().clone();
+    let key = (buyable, store.policy_generation().await?);
+    let mut rechecked = config.rechecked.lock().await;
+    if rechecked.as_ref() == Some(&key) {
+        return Ok(());
+    }
+    let flipped = crate::policy::recheck(store, &key.0).await?;
+    tracing::info!(flipped, "portability re-checked");
+    *rechecked = Some(key);
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use super::{ApiError, AppState, Body};
 use crate::auth::{Caller, Role, Scope};
+use crate::policy::{self, Deployed, DryRun, Explanation};
 use crate::store::{AppDetail, AppSummary, LogTarget};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -10,8 +11,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use canopy_core::policy::Binding;
 use canopy_core::spec::AppSpec;
 use serde::Deserialize;
+use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -22,6 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/apps/{name}/promote", post(promote))
         .route("/apps/{name}/endpoints", get(endpoints))
         .route("/apps/{name}/logs", get(logs))
+        .route("/apps/{name}/dry-run", post(dry_run))
+        .route("/apps/{name}/explain", get(explain))
 }
 
 const WRITERS: &[Role] = &[Role::Admin, Role::Developer];
@@ -34,7 +39,7 @@ struct TeamParam {
 }
 
 /// The teams a request acts on: its own for team tokens; any, or the one named, for admins.
-async fn scope(state: &AppState, caller: &Caller, team: Option<&str>) -> Result<Scope, ApiError> {
+pub(super) async fn scope(state: &AppState, caller: &Caller, team: Option<&str>) -> Result<Scope, ApiError> {
     match (caller.role, team) {
         (Role::Admin, Some(team)) => Ok(Scope::Team(state.store.team_by_name(team).await?.id)),
         _ => Ok(caller.scope()),
@@ -62,29 +67,90 @@ async fn show(
     Ok(Json(state.store.app(scope, &name).await?))
 }
 
-/// Creates or updates an app from its spec (JSON). Unchanged specs are a no-op (200);
-/// new apps and new versions answer 201.
+/// The spec in a deploy or dry-run body, and the team it goes to.
+async fn deploy_request(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    team: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(AppSpec, Uuid), ApiError> {
+    let body = body.map_err(super::body_rejection)?;
+    let spec = AppSpec::from_json(&body)?;
+    if spec.name != name {
+        return Err(ApiError::invalid(format!("name: {:?} does not match the URL's app name {name:?}", spec.name)));
+    }
+    match scope(state, caller, team).await? {
+        Scope::Team(team) => Ok((spec, team)),
+        _ => Err(ApiError::invalid("team: an admin deploys into a team: pass ?team=NAME")),
+    }
+}
+
+/// Creates or updates an app from its spec (JSON), once the team's policies accept it: a hard
+/// policy's refusal is a 422 naming the policy, the rule and the numbers; soft ones come back
+/// as warnings. Unchanged specs are a no-op (200); new apps and new versions answer 201.
 async fn deploy(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<TeamParam>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<AppDetail>), ApiError> {
+) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     caller.require(WRITERS, "deploy apps")?;
-    let body = body.map_err(super::body_rejection)?;
-    let spec = AppSpec::from_json(&body)?;
-    if spec.name != name {
-        return Err(ApiError::invalid(format!("name: {:?} does not match the URL's app name {name:?}", spec.name)));
-    }
-    let team = match scope(&state, &caller, q.team.as_deref()).await? {
-        Scope::Team(team) => team,
-        _ => return Err(ApiError::invalid("team: an admin deploys into a team: pass ?team=NAME")),
+    let (spec, team) = deploy_request(&state, &caller, &name, q.team.as_deref(), body).await?;
+    let policies = state.store.current_policies().await?;
+    let team_name = state.store.team_name(team).await?;
+    // No policy applies: nothing to check, nothing to bind (and no dry runs to pay for).
+    let (binding, portability, warnings) = if policy::any_applies(&policies, &team_name, &spec) {
+        let buyable = state.buyable.borrow().clone();
+        let (_, assessment) = policy::assess_spec(&state.store, &buyable, team, &spec, None).await?;
+        if let Some(refusals) = policy::refusals(&assessment) {
+            tracing::info!(app = %name, %refusals, "deploy refused by policy");
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_refused", refusals));
+        }
+        (assessment.binding.clone(), policy::portability(&assessment), policy::warnings(&assessment))
+    } else {
+        (Binding::default(), String::new(), Vec::new())
     };
-    let (app, changed) = state.store.apply_app(&caller.actor(), team, &spec).await?;
+    let (app, changed) =
+        state.store.apply_app_bound(&caller.actor(), team, &spec, Some((&binding, &portability))).await?;
     tracing::info!(app = %name, version = app.summary.version, changed, "app applied");
     let status = if changed { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(app)))
+    Ok((status, Json(Deployed { app, warnings })))
+}
+
+/// What `PUT /v1/apps/{name}` would do with this spec, with nothing stored.
+async fn dry_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DryRun>, ApiError> {
+    caller.require(READERS, "dry-run deploys")?;
+    let (spec, team) = deploy_request(&state, &caller, &name, q.team.as_deref(), body).await?;
+    let buyable = state.buyable.borrow().clone();
+    let (inputs, assessment) = policy::assess_spec(&state.store, &buyable, team, &spec, None).await?;
+    let names: Vec<(Uuid, String)> = state.store.machines().await?.into_iter().map(|m| (m.id, m.name)).collect();
+    Ok(Json(DryRun::new(&spec, &inputs.team, &assessment, &names)))
+}
+
+/// Why the app runs where it does (and what it would cost elsewhere), or why it waits.
+async fn explain(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<TeamParam>,
+) -> Result<Json<Explanation>, ApiError> {
+    caller.require(READERS, "read apps")?;
+    let scope = scope(&state, &caller, q.team.as_deref()).await?;
+    let app = state.store.app(scope, &name).await?;
+    let live =
+        state.store.live_specs(scope).await?.into_iter().find(|a| a.app_id == app.summary.id).ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("app {name:?} has ended: nothing to explain"))
+        })?;
+    let buyable = state.buyable.borrow().clone();
+    Ok(Json(Explanation::new(&state.store, &buyable, &live).await?))
 }
 
 #[derive(Deserialize)]

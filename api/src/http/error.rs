@@ -49,6 +49,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             StoreError::Invalid(message) => ApiError::invalid(message),
             StoreError::Unauthorized(message) => ApiError::unauthorized(message),
+            StoreError::Forbidden(message) => ApiError::forbidden(message),
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError::new(

@@ -12,6 +12,7 @@ pub mod entry;
 mod error;
 mod hosts;
 mod machines;
+mod policies;
 mod reports;
 
 pub(crate) use apps::log_tail;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub heartbeat_interval: Duration,
     /// Client for calls to agents (logs).
     pub agents: reqwest::Client,
+    /// What can be bought, for policy assessments (the controllers publish it).
+    pub buyable: tokio::sync::watch::Receiver<crate::controllers::Buyable>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(machines::router())
         .merge(hosts::router())
+        .merge(policies::router())
         .merge(agent::router())
         .merge(reports::router())
         .merge(budgets::router());

@@ -2,6 +2,7 @@
 
 use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
+use canopy_core::policy::Binding;
 use canopy_core::spec::AppSpec;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,9 @@ pub struct AppSummary {
     /// Jobs only: `waiting`, `running`, `succeeded` or `failed` ('' for services).
     pub job_state: String,
     pub job_message: String,
+    /// Why it lost its portability (its policies' min_providers are no longer met), '' while
+    /// it has it.
+    pub portability: String,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -63,7 +67,7 @@ const SUMMARY: &str = "SELECT a.id, t.name AS team, a.name, a.version, a.instanc
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running') AS running,
         (SELECT COUNT(*) FROM tasks k WHERE k.app_id = a.id AND k.version = a.version AND k.state = 'running'
             AND k.healthy IS NOT FALSE) AS healthy,
-        a.stable_version, a.rollout, a.job_state, a.job_message, a.updated_at
+        a.stable_version, a.rollout, a.job_state, a.job_message, a.portability, a.updated_at
     FROM apps a JOIN teams t ON t.id = a.team_id WHERE a.deleted_at IS NULL";
 
 /// A job's dependencies must be jobs of the team, and the team's jobs with this one must
@@ -108,6 +112,19 @@ impl Store {
     /// Creates the app or, when the spec differs from the current version, adds a version.
     /// Returns the app and whether anything changed.
     pub async fn apply_app(&self, actor: &str, team: Uuid, spec: &AppSpec) -> Result<(AppDetail, bool)> {
+        self.apply_app_bound(actor, team, spec, None).await
+    }
+
+    /// `apply_app`, also recording (when given) what the policies bind the app to and why it is
+    /// not portable ('' when it is), in the same transaction: placement applies the binding to
+    /// every task of the app.
+    pub async fn apply_app_bound(
+        &self,
+        actor: &str,
+        team: Uuid,
+        spec: &AppSpec,
+        policy: Option<(&Binding, &str)>,
+    ) -> Result<(AppDetail, bool)> {
         let spec_json = serde_json::to_value(spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let instances =
             i32::try_from(spec.instances).map_err(|_| StoreError::Invalid("instances: too large".into()))?;
@@ -165,6 +182,15 @@ impl Store {
                 (id, 1, true)
             }
         };
+        if let Some((binding, portability)) = policy {
+            let binding = serde_json::to_value(binding).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            sqlx::query("UPDATE apps SET policy_binding = $2, portability = $3 WHERE id = $1")
+                .bind(app_id)
+                .bind(binding)
+                .bind(portability)
+                .execute(&mut *tx)
+                .await?;
+        }
         if changed {
             sqlx::query("INSERT INTO app_versions (app_id, version, spec) VALUES ($1, $2, $3)")
                 .bind(app_id)

@@ -105,6 +105,14 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("team {name:?} does not exist")))
     }
 
+    pub async fn team_name(&self, id: Uuid) -> Result<String> {
+        sqlx::query_scalar("SELECT name FROM teams WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("team {id} does not exist")))
+    }
+
     /// Creates a human token (admin, developer or finance). Developer and finance tokens
     /// belong to a team.
     pub async fn create_token(&self, actor: &str, name: &str, role: Role, team: Option<&str>) -> Result<NewToken> {

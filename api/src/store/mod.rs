@@ -5,6 +5,7 @@
 //! a row type.
 
 mod apps;
+mod assessment;
 pub mod autoscale;
 pub mod budgets;
 mod endpoints;
@@ -13,17 +14,20 @@ mod identity;
 mod jobs;
 mod machines;
 pub mod metering;
+mod policies;
 mod provisioning;
 pub mod reports;
 mod sessions;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
+pub use assessment::{LiveSpec, PolicyInputs, Spend, TaskPlace, hours_left_in_month};
 pub use endpoints::Endpoint;
 pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;
 pub use metering::ProviderSpend;
+pub use policies::{AppliedPolicy, Author, PolicyRow, Reader};
 pub use provisioning::ProvisionedMachine;
 pub use sessions::{NewSession, SessionRow};
 pub use tasks::{LogTarget, PlacementOutcome};
@@ -48,6 +52,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no random source: {0}")]
     Random(#[from] getrandom::Error),
     #[error("stored data is corrupt: {0}")]

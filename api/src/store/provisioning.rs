@@ -5,6 +5,7 @@ use super::machines::to_i64;
 use super::{Result, Store, StoreError, record};
 use crate::auth;
 use canopy_core::Resources;
+use canopy_core::policy::Binding;
 use canopy_core::schedule::{Constraints, Provision, RunningTask, Snapshot, Spread, TaskAsk};
 use canopy_core::spec::PlacementSpec;
 use sqlx::{Postgres, Transaction};
@@ -199,10 +200,13 @@ impl Store {
         }
         let machines = Self::ready_machines(&mut tx).await?;
         // `placement` is NULL for specs without one: a task may only move where it may run.
-        let tasks: Vec<(Uuid, Uuid, Uuid, i64, i64, Option<serde_json::Value>)> = sqlx::query_as(
-            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory, v.spec->'placement'
+        // So is what its policies bind it to.
+        type Row = (Uuid, Uuid, Uuid, i64, i64, Option<serde_json::Value>, Option<serde_json::Value>);
+        let tasks: Vec<Row> = sqlx::query_as(
+            "SELECT t.id, t.app_id, t.machine_id, t.milli_cpu, t.memory, v.spec->'placement', a.policy_binding
              FROM tasks t JOIN machines m ON m.id = t.machine_id
                           JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
+                          JOIN apps a ON a.id = t.app_id
              WHERE t.state IN ('assigned', 'running') AND m.state = 'ready'",
         )
         .fetch_all(&mut *tx)
@@ -210,24 +214,35 @@ impl Store {
         tx.commit().await?;
         let running = tasks
             .into_iter()
-            .map(|(id, app, machine, cpu, memory, placement)| {
+            .map(|(id, app, machine, cpu, memory, placement, binding)| {
                 let placement: PlacementSpec = match placement {
                     Some(placement) => serde_json::from_value(placement)
                         .map_err(|e| StoreError::Corrupt(format!("app {app}: placement: {e}")))?,
                     None => PlacementSpec::default(),
+                };
+                let binding: Binding = match binding {
+                    Some(binding) => serde_json::from_value(binding)
+                        .map_err(|e| StoreError::Corrupt(format!("app {app}: policy binding: {e}")))?,
+                    None => Binding::default(),
+                };
+                let own = Constraints { arch: Some("amd64".into()), ..placement.constraints() };
+                // With no place left it stays where it is: its machine is not drained.
+                let (constraints, stuck) = match binding.constrain(&own) {
+                    Some(constraints) => (constraints, false),
+                    None => (own, true),
                 };
                 Ok(RunningTask {
                     task: TaskAsk {
                         id,
                         group: app.to_string(),
                         resources: Resources::new(cpu.max(0) as u64, memory.max(0) as u64),
-                        constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
+                        constraints,
                         // Consolidation never puts two replicas of one app on one machine.
                         spread: Spread { max_per_machine: 1, ..Default::default() },
                         ..Default::default()
                     },
                     machine,
-                    do_not_disrupt: false,
+                    do_not_disrupt: stuck,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

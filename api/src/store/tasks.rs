@@ -5,6 +5,7 @@ use super::machines::to_i64;
 use super::{Result, Store, StoreError, record};
 use crate::auth::Scope;
 use canopy_core::Resources;
+use canopy_core::policy::Binding;
 use canopy_core::schedule::{
     Catalog, Constraints, Policy, Quota, RunningTask, Snapshot, SpotPolicy, TaskAsk, WorkloadKind, schedule,
 };
@@ -64,6 +65,9 @@ struct PendingTask {
     placement: Option<serde_json::Value>,
     job: bool,
     priority: i32,
+    instance: i32,
+    /// What the app's policies bind it to (NULL: nothing beyond its spec).
+    binding: Option<serde_json::Value>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -462,8 +466,9 @@ impl Store {
             "SELECT t.id, t.app_id, t.milli_cpu, t.memory,
                     COALESCE((v.spec->>'interruptible')::boolean, false) AS interruptible,
                     v.spec->'placement' AS placement, v.spec ? 'job' AS job,
-                    COALESCE((v.spec->>'priority')::int, 0) AS priority
+                    COALESCE((v.spec->>'priority')::int, 0) AS priority, t.instance, a.policy_binding AS binding
              FROM tasks t JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
+             JOIN apps a ON a.id = t.app_id
              WHERE t.state = 'pending' AND t.desired = 'run' ORDER BY t.created_at, t.id",
         )
         .fetch_all(&mut *tx)
@@ -502,27 +507,42 @@ impl Store {
             .collect();
         let snapshot =
             Snapshot { machines: Self::ready_machines(&mut tx).await?, catalog: catalog.clone(), policy, running };
-        let asks: Vec<TaskAsk> = pending
-            .iter()
-            .map(|PendingTask { id, app_id, milli_cpu: cpu, memory, interruptible, placement, job, priority }| {
-                let placement: PlacementSpec = match placement {
-                    Some(placement) => serde_json::from_value(placement.clone())
-                        .map_err(|e| StoreError::Corrupt(format!("app {app_id}: placement: {e}")))?,
-                    None => PlacementSpec::default(),
-                };
-                Ok(TaskAsk {
-                    id: *id,
-                    group: app_id.to_string(),
-                    resources: Resources::new((*cpu).max(0) as u64, (*memory).max(0) as u64),
-                    priority: *priority,
-                    interruptible: *interruptible,
-                    kind: if *job { WorkloadKind::Batch } else { WorkloadKind::Service },
-                    // Agents and sample apps are built for amd64; a spec field can lift this later.
-                    constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
-                    ..Default::default()
-                })
-            })
-            .collect::<Result<_>>()?;
+        // A task its policies leave no place for waits, saying so (the binding is re-derived
+        // whenever policies or catalogs change).
+        let mut bound_nowhere = Vec::new();
+        let mut asks: Vec<TaskAsk> = Vec::with_capacity(pending.len());
+        for task in &pending {
+            let PendingTask { id, app_id, milli_cpu: cpu, memory, interruptible, placement, job, priority, .. } = task;
+            let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("app {app_id}: {what}: {e}"));
+            let placement: PlacementSpec = match placement {
+                Some(placement) => serde_json::from_value(placement.clone()).map_err(|e| corrupt("placement", e))?,
+                None => PlacementSpec::default(),
+            };
+            let ask = TaskAsk {
+                id: *id,
+                group: app_id.to_string(),
+                resources: Resources::new((*cpu).max(0) as u64, (*memory).max(0) as u64),
+                priority: *priority,
+                interruptible: *interruptible,
+                kind: if *job { WorkloadKind::Batch } else { WorkloadKind::Service },
+                // Agents and sample apps are built for amd64; a spec field can lift this later.
+                constraints: Constraints { arch: Some("amd64".into()), ..placement.constraints() },
+                ..Default::default()
+            };
+            let binding: Option<Binding> = task
+                .binding
+                .clone()
+                .map(serde_json::from_value)
+                .transpose()
+                .map_err(|e| corrupt("policy binding", e))?;
+            match binding {
+                None => asks.push(ask),
+                Some(binding) => match binding.apply(&ask, u32::try_from(task.instance).unwrap_or(0)) {
+                    Some(ask) => asks.push(ask),
+                    None => bound_nowhere.push(*id),
+                },
+            }
+        }
         // A seed from the pending set: deterministic for the same state, different across
         // passes (machine ids the planner mints must not repeat).
         let seed = pending.iter().fold(PLACEMENT_SEED, |seed, t| seed.rotate_left(7) ^ t.id.as_u128() as u64);
@@ -550,8 +570,12 @@ impl Store {
             let detail = serde_json::json!({"evicted": plan.preemptions.len()});
             record(&mut tx, "system", "tasks.preempted", "placement", None, detail).await?;
         }
-        let (unplaced, reasons): (Vec<Uuid>, Vec<String>) =
+        let (mut unplaced, mut reasons): (Vec<Uuid>, Vec<String>) =
             plan.unplaced.iter().map(|u| (u.task, format!("unplaced: {}", u.reason))).unzip();
+        for task in &bound_nowhere {
+            unplaced.push(*task);
+            reasons.push("unplaced: its policies and its [placement] leave no place it may run".to_string());
+        }
         sqlx::query(
             "UPDATE tasks t SET message = u.reason FROM UNNEST($1::uuid[], $2::text[]) AS u(task, reason)
              WHERE t.id = u.task AND t.message <> u.reason",
@@ -568,7 +592,7 @@ impl Store {
         tx.commit().await?;
         Ok(PlacementOutcome {
             placed: plan.placements.len(),
-            unplaced: plan.unplaced.len(),
+            unplaced: plan.unplaced.len() + bound_nowhere.len(),
             machines_requested: provisioned,
         })
     }

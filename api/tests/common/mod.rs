@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses only part of what is shared
 //! What the store-level integration tests share: a database of their own.
 
 use canopy_api::store::Store;

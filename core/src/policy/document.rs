@@ -172,6 +172,19 @@ impl PolicyDocument {
         Ok(document)
     }
 
+    /// Parses and validates the JSON form of a policy (what the API accepts).
+    pub fn from_json(bytes: &[u8]) -> Result<PolicyDocument, PolicyError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let document: PolicyDocument = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(document)".to_string() } else { path };
+            PolicyError::new(field, e.inner().to_string())
+        })?;
+        deserializer.end().map_err(|e| PolicyError::new("(document)", e.to_string()))?;
+        document.validate()?;
+        Ok(document)
+    }
+
     pub fn validate(&self) -> Result<(), PolicyError> {
         validate_name("name", &self.name).map_err(|e| PolicyError::new(e.field, e.message))?;
         match &self.scope {

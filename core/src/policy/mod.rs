@@ -26,13 +26,18 @@
 //!    only to the machines it buys; constraints also bind existing machines), and
 //!    `Verdicts::min_on_demand` of a service's instances marked not interruptible.
 //!
+//! [`assess`] does steps 1 to 4 for one workload given a snapshot of the pool, and says what
+//! the verdicts bind the workload to ([`Binding`], which placement applies to its tasks).
+//!
 //! Policies are versionless here: storing versions, the audit log, the API and the CLI belong
 //! to the control service.
 
+mod assess;
 mod document;
 mod evaluate;
 mod places;
 
+pub use assess::{Assessment, Binding, Placed, ProviderRun, assess, hourly_share};
 pub use document::{
     Budget, Concentration, Enforcement, Measure, Money, PolicyDocument, PolicyError, Portability, Residency, Scope,
     SpotRule,
