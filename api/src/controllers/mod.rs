@@ -75,7 +75,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
         None => (Arc::new(Catalog::default()), Default::default()),
     };
     config.buyable.send_if_modified(|buyable| {
-        let changed = *buyable.catalog != *catalog || buyable.quotas != quotas;
+        let changed = buyable.catalog != catalog || buyable.quotas != quotas;
         if changed {
             *buyable = Buyable { catalog: catalog.clone(), quotas: quotas.clone() };
         }

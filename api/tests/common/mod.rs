@@ -1,5 +1,7 @@
-#![allow(dead_code)] // each test binary uses only part of what is shared
 //! What the store-level integration tests share: a database of their own.
+
+// Each test binary uses only part of it.
+#![allow(dead_code)]
 
 use canopy_api::store::Store;
 use canopy_core::Resources;

@@ -536,3 +536,128 @@ fn a_refused_hard_residency_rule_still_binds_the_places() {
     assert_eq!(verdicts.places.providers, only(&["aws"]));
     assert_eq!(verdicts.policy, None);
 }
+
+#[test]
+fn the_example_policy_parses() {
+    let document = policy(include_str!("../../../examples/policies/payments.toml"));
+    assert_eq!(document.scope, Scope::Team("payments".into()));
+    assert_eq!(document.budget.map(|b| b.monthly), Some(Money(2500 * USD)));
+}
+
+mod assessment {
+    use super::*;
+    use crate::Resources;
+    use crate::schedule::{Catalog, MachineView, Offering, Policy, Snapshot, TaskAsk};
+    use std::sync::Arc;
+
+    const GIB: u64 = 1 << 30;
+
+    fn offering(provider: &str, region: &str, price: u64) -> Offering {
+        Offering {
+            provider: provider.into(),
+            region: region.into(),
+            instance_type: format!("{provider}-small"),
+            capacity: Resources::new(1000, GIB),
+            price_on_demand: price,
+            price_spot: Some(price / 4),
+            ..Default::default()
+        }
+    }
+
+    /// aws at 0.10/h, azure at 0.20/h, and an existing openstack machine too small for a task.
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            machines: vec![MachineView {
+                id: uuid::Uuid::from_u128(99),
+                capacity: Resources::new(500, 2 * GIB),
+                provider: "openstack".into(),
+                region: "RegionOne".into(),
+                offering: "os-medium".into(),
+                price: 400_000,
+                ..Default::default()
+            }],
+            catalog: Arc::new(Catalog {
+                offerings: vec![offering("aws", "us-east-1", 100_000), offering("azure", "westeurope", 200_000)],
+            }),
+            policy: Policy { spot: SpotPolicy { service: true, batch: true }, ..Default::default() },
+            ..Default::default()
+        }
+    }
+
+    fn asks(count: u128, interruptible: bool) -> Vec<TaskAsk> {
+        (0..count)
+            .map(|i| TaskAsk {
+                id: uuid::Uuid::from_u128(i + 1),
+                group: "checkout".into(),
+                resources: Resources::new(600, GIB / 2),
+                interruptible,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn empty_context() -> Context {
+        Context { hours_left: 100, ..Default::default() }
+    }
+
+    #[test]
+    fn each_provider_is_dry_run_and_the_placement_is_the_cheapest_allowed() {
+        let assessment = assess(&[], &workload(), &asks(2, false), &snapshot(), &empty_context(), 7);
+        let runs: Vec<(&str, Option<Money>)> = assessment.runs.iter().map(|r| (r.provider.as_str(), r.cost)).collect();
+        assert_eq!(
+            runs,
+            vec![
+                ("aws", Some(Money(200_000))),
+                ("azure", Some(Money(400_000))),
+                ("openstack", None),
+                ("baremetal", None)
+            ]
+        );
+        assert!(assessment.runs[2].unplaced.as_deref().is_some_and(|why| why.contains("cpu")), "{assessment:?}");
+        assert_eq!(assessment.unplaced, None);
+        assert_eq!(assessment.binding, Binding::default());
+        assert!(assessment.placement.iter().all(|p| p.provider == "aws" && p.machine.is_none()));
+        assert_eq!(assessment.cost, Money(200_000));
+    }
+
+    #[test]
+    fn a_hard_residency_rule_binds_the_placement_and_a_refusal_places_nothing() {
+        let eu = policy("name = \"eu\"\nscope = \"org\"\n[residency]\nallowed_providers = [\"azure\"]\n");
+        let assessment = assess(&[eu.clone()], &workload(), &asks(1, false), &snapshot(), &empty_context(), 7);
+        assert_eq!(assessment.binding.providers, Some(vec!["azure".to_string()]));
+        assert_eq!(assessment.runs.len(), 1, "only azure is dry-run");
+        assert_eq!(assessment.placement[0].provider, "azure");
+
+        let two = policy("name = \"two\"\nscope = \"org\"\n[portability]\nmin_providers = 2\n");
+        let assessment = assess(&[eu, two], &workload(), &asks(1, false), &snapshot(), &empty_context(), 7);
+        assert!(assessment.verdicts.refused());
+        assert!(assessment.placement.is_empty());
+        assert_eq!(assessment.unplaced.as_deref(), Some("refused by policy"));
+    }
+
+    #[test]
+    fn a_hard_spot_rule_keeps_interruptible_services_on_demand_and_min_on_demand_keeps_the_first_instances() {
+        let interruptible = Workload { interruptible: true, ..workload() };
+        let free = assess(&[], &interruptible, &asks(1, true), &snapshot(), &empty_context(), 7);
+        assert!(free.placement[0].spot, "without a rule spot is the cheapest: {free:?}");
+
+        let no_spot = policy("name = \"s\"\nscope = \"org\"\n[spot]\nservices = false\n");
+        let kept = assess(&[no_spot], &interruptible, &asks(1, true), &snapshot(), &empty_context(), 7);
+        assert!(!kept.binding.spot);
+        assert!(!kept.placement[0].spot, "{kept:?}");
+
+        let two = policy("name = \"m\"\nscope = \"org\"\n[spot]\nmin_on_demand = 2\n");
+        let mixed = assess(&[two], &interruptible, &asks(3, true), &snapshot(), &empty_context(), 7);
+        assert_eq!(mixed.binding.min_on_demand, 2);
+        let spot: u32 = mixed.placement.iter().filter(|p| p.spot).map(|p| p.tasks).sum();
+        assert_eq!(spot, 1, "instances 0 and 1 on demand, 2 on spot: {mixed:?}");
+        assert!(!mixed.binding.interruptible(true, 1) && mixed.binding.interruptible(true, 2));
+    }
+
+    #[test]
+    fn an_hourly_share_is_the_request_share_of_the_price() {
+        // Half the cpu and half the memory: half the price, whatever the split.
+        assert_eq!(hourly_share(1_000_000, Resources::new(2000, 2 * GIB), Resources::new(1000, GIB)), 500_000);
+        assert_eq!(hourly_share(1_000_000, Resources::new(2000, 2 * GIB), Resources::new(2000, 2 * GIB)), 1_000_000);
+    }
+}
