@@ -3,6 +3,7 @@
 //! and the numbers), placement under what the policies allow, dry runs, explanations, policy
 //! tests and the portability re-check.
 
+#[allow(dead_code)] // Not every test file uses every helper.
 mod common;
 
 use canopy_api::auth::Role;
@@ -131,10 +132,12 @@ impl Api {
     /// ledger counts started tasks).
     async fn start_assigned(&self) {
         let mut connection = sqlx::PgConnection::connect(&self.db.url()).await.expect("connect");
-        sqlx::query("UPDATE tasks SET state = 'running', started_at = now() - interval '1 minute' WHERE state = 'assigned'")
-            .execute(&mut connection)
-            .await
-            .expect("start");
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', started_at = now() - interval '1 minute' WHERE state = 'assigned'",
+        )
+        .execute(&mut connection)
+        .await
+        .expect("start");
     }
 
     async fn events(&self, kind: &str) -> Vec<Value> {

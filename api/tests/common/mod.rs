@@ -1,8 +1,5 @@
 //! What the store-level integration tests share: a database of their own.
 
-// Each test binary uses only part of it.
-#![allow(dead_code)]
-
 use canopy_api::store::Store;
 use canopy_core::Resources;
 use canopy_core::schedule::Catalog;

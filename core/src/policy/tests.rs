@@ -623,7 +623,8 @@ mod assessment {
     #[test]
     fn a_hard_residency_rule_binds_the_placement_and_a_refusal_places_nothing() {
         let eu = policy("name = \"eu\"\nscope = \"org\"\n[residency]\nallowed_providers = [\"azure\"]\n");
-        let assessment = assess(&[eu.clone()], &workload(), &asks(1, false), &snapshot(), &empty_context(), 7);
+        let assessment =
+            assess(std::slice::from_ref(&eu), &workload(), &asks(1, false), &snapshot(), &empty_context(), 7);
         assert_eq!(assessment.binding.providers, Some(vec!["azure".to_string()]));
         assert_eq!(assessment.runs.len(), 1, "only azure is dry-run");
         assert_eq!(assessment.placement[0].provider, "azure");
