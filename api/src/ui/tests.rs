@@ -35,6 +35,7 @@ fn summary(name: &str, job_state: &str) -> AppSummary {
         rollout: "progressing".into(),
         job_state: job_state.into(),
         job_message: String::new(),
+        portability: String::new(),
         updated_at: chrono::DateTime::UNIX_EPOCH,
     }
 }
