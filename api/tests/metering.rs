@@ -320,6 +320,8 @@ async fn serve(store: &Store) -> String {
         store: store.clone(),
         heartbeat_interval: std::time::Duration::from_secs(1),
         agents: reqwest::Client::new(),
+        // Nothing to buy: no policy is assessed here.
+        buyable: tokio::sync::watch::channel(Default::default()).1,
     };
     tokio::spawn(async move { axum::serve(listener, canopy_api::http::router(state)).await });
     format!("http://{address}")
