@@ -10,6 +10,7 @@ pub mod cli;
 pub mod controllers;
 pub mod http;
 pub mod policy;
+pub mod prices;
 pub mod server;
 pub mod store;
 pub mod ui;

@@ -51,6 +51,9 @@ pub enum Output {
 enum Command {
     /// Run the control service.
     Serve(Box<ServeArgs>),
+    /// Fill the database with past metering (machines, tasks, usage) and meter it, so the
+    /// reports have history (demo and benchmarks; the rows are over and never acted on).
+    SeedHistory(SeedHistoryArgs),
     /// Create or update an app from its app.toml and follow it until it is running.
     Deploy {
         file: PathBuf,
@@ -176,21 +179,37 @@ struct ServeArgs {
     metering_interval_s: u64,
 }
 
+#[derive(clap::Args, Debug)]
+struct SeedHistoryArgs {
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+    /// Days of history, ending two hours ago.
+    #[arg(long, default_value_t = 60)]
+    days: u32,
+    /// Machines running at any time.
+    #[arg(long, default_value_t = 40)]
+    machines: u32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text).ok_or_else(|| format!("{text:?} is not a role (admin, developer, finance)"))
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
-    if let Command::Serve(args) = cli.command {
-        return serve(*args).await;
+    let json = cli.output == Output::Json;
+    match cli.command {
+        Command::Serve(args) => return serve(*args).await,
+        Command::SeedHistory(args) => return seed_history(args, json).await,
+        _ => {}
     }
     let config = CliConfig::load(&CliConfig::default_path())?;
     let api_url = client::require(cli.api_url.or(config.api_url), "api-url")?;
     let token = client::require(cli.token.or(config.token), "token")?;
     let client = Client::new(api_url, token, cli.team)?;
-    let json = cli.output == Output::Json;
     match cli.command {
-        Command::Serve(_) => unreachable_serve(),
+        Command::Serve(_) | Command::SeedHistory(_) => unreachable_serve(),
         Command::Deploy { file, dry_run: true, .. } => policy::dry_run(&client, &file, json).await,
         Command::Deploy { file, no_wait, timeout, dry_run: false } => {
             deploy(&client, &file, no_wait, timeout, json).await
@@ -329,7 +348,7 @@ pub async fn run(cli: Cli) -> Result<()> {
 }
 
 fn unreachable_serve() -> Result<()> {
-    bail!("serve is handled before the client is built")
+    bail!("serve and seed-history are handled before the client is built")
 }
 
 fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) -> Result<()> {
@@ -339,6 +358,23 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce() -> Str
         print!("{}", human());
     }
     Ok(())
+}
+
+async fn seed_history(args: SeedHistoryArgs, json: bool) -> Result<()> {
+    let store = Store::connect(&args.database_url).await.context("connecting to Postgres")?;
+    let config = crate::store::history::HistoryConfig {
+        machines: args.machines,
+        days: args.days,
+        end: chrono::Utc::now() - chrono::Duration::hours(2),
+        seed: args.seed,
+    };
+    let summary = store.seed_history(&config, crate::prices::shipped_catalog(), &crate::prices::owned_rates()).await?;
+    print(json, &summary, || {
+        format!(
+            "seeded {} machines, {} tasks, {} usage rows over {} days; metered {} days\n",
+            summary.machines, summary.tasks, summary.usage_rows, args.days, summary.metered_days
+        )
+    })
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {

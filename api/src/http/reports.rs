@@ -16,14 +16,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use canopy_core::schedule::Catalog;
 use chrono::{Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use std::sync::OnceLock;
-
-/// The shipped cloud price catalogs: the single-provider baseline of the savings report.
-const CATALOGS: [&str; 2] =
-    [include_str!("../../../core/data/prices/aws.csv"), include_str!("../../../core/data/prices/azure.csv")];
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -210,20 +204,6 @@ async fn utilization(
     })
 }
 
-fn shipped_catalog() -> &'static Catalog {
-    static CATALOG: OnceLock<Catalog> = OnceLock::new();
-    CATALOG.get_or_init(|| {
-        let mut catalog = Catalog::default();
-        for text in CATALOGS {
-            match Catalog::from_csv(text) {
-                Ok(parsed) => catalog.extend(parsed),
-                Err(error) => tracing::error!(%error, "shipped price catalog unreadable"),
-            }
-        }
-        catalog
-    })
-}
-
 async fn savings(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,7 +211,7 @@ async fn savings(
     params: RawParams,
 ) -> Result<Response, ApiError> {
     let request = parse(&state, &caller, params, &headers).await?;
-    let savings = state.store.savings_report(&request.query, shipped_catalog()).await?;
+    let savings = state.store.savings_report(&request.query, crate::prices::shipped_catalog()).await?;
     let header = ["baseline_provider", "actual_micros", "baseline_micros", "savings_micros", "savings"];
     let provider = savings.baseline_provider.clone().unwrap_or_default();
     answer(&request, savings.baseline_provider, savings.rows, "savings", &header, |r: &SavingsRow| {
@@ -362,6 +342,5 @@ mod tests {
         assert_eq!(month("2026-11").expect("month").1, NaiveDate::from_ymd_opt(2026, 12, 1).expect("day"));
         assert!(month("2026-13").expect_err("bad").message.starts_with("month: "));
         assert!(day("from", "11/01/2026").expect_err("bad").message.starts_with("from: "));
-        assert!(!shipped_catalog().offerings.is_empty());
     }
 }

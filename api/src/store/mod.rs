@@ -9,6 +9,7 @@ mod assessment;
 pub mod autoscale;
 pub mod budgets;
 mod endpoints;
+pub mod history;
 mod hosts;
 mod identity;
 mod jobs;
