@@ -8,6 +8,7 @@ mod entry;
 mod failure;
 mod jobs;
 mod logs;
+mod policies;
 mod pool;
 mod provisioning;
 mod restart;
