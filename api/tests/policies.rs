@@ -302,6 +302,17 @@ async fn a_budget_refuses_a_deploy_whose_forecast_exceeds_it() {
     api.put_policy(&api.admin, &roomy).await;
     let (status, body) = api.deploy(&app("more", "")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Scaling up is checked as a deploy is; scaling down is not held back.
+    api.put_policy(&api.admin, tight).await;
+    let scale = |instances: u32| {
+        api.call(&api.developer, reqwest::Method::POST, "/v1/apps/more/scale", Some(json!({"instances": instances})))
+    };
+    let (status, body) = scale(3).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(message(&body).starts_with("policy payments-budget (budget): "), "{body}");
+    let (status, body) = scale(0).await;
+    assert_eq!((status, body["instances"].as_i64()), (StatusCode::OK, Some(0)), "{body}");
 }
 
 #[tokio::test]

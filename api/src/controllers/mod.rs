@@ -81,7 +81,10 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
         }
         changed
     });
-    recheck_portability(store, config).await?;
+    // A failed re-check is tried again next step; it never holds placement up.
+    if let Err(error) = recheck_portability(store, config).await {
+        tracing::warn!(%error, "portability re-check failed");
+    }
     let placement = store.place_pending(&catalog, &quotas).await?;
     if placement.placed > 0 || task_changes > 0 || placement.machines_requested > 0 {
         tracing::info!(
