@@ -255,3 +255,43 @@ async fn sign_in_sessions_csrf_and_roles() {
 
     ui.stop().await;
 }
+
+#[tokio::test]
+async fn the_cost_page_filters_scopes_and_links_the_report_apis_csv() {
+    let (_db, store) = TestDb::create("canopy_ui").await;
+    store.create_team("test", "alpha").await.expect("team");
+    store.create_team("test", "beta").await.expect("team");
+    let finance = store.create_token("test", "fin-alpha", Role::Finance, Some("alpha")).await.expect("token").token;
+    let ui = Ui::start(&store).await;
+
+    // Finance lands on the cost page.
+    let response = ui.post("/ui/sign-in", None, Some(&ui.url), &[("token", &finance)]).await;
+    assert_eq!(response.headers()[header::LOCATION], "/ui/costs");
+    let (cookie, _) = ui.sign_in(&finance).await;
+    let page = ui.get("/ui/costs?month=2026-10&team=alpha&provider=aws", Some(&cookie)).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.expect("page");
+    assert!(page.contains("Cost and utilization, 2026-10") && page.contains(r#"id="total-cost">$0.00<"#), "{page}");
+    let link = "/ui/reports/cost?by=team,provider&month=2026-10&team=alpha&provider=aws&format=csv";
+    assert!(page.contains(&link.replace('&', "&amp;")), "{page}");
+
+    // The CSV link answers with the report API's CSV for the session; without one, nothing.
+    let csv = ui.get(link, Some(&cookie)).await;
+    assert_eq!(csv.status(), StatusCode::OK);
+    assert!(csv.headers()[header::CONTENT_TYPE].to_str().expect("type").starts_with("text/csv"));
+    assert!(csv.text().await.expect("csv").starts_with("team,provider,"));
+    assert_eq!(ui.get(link, None).await.status(), StatusCode::SEE_OTHER);
+    assert_eq!(ui.get("/ui/reports/nonsense?format=csv", Some(&cookie)).await.status(), StatusCode::NOT_FOUND);
+
+    // Bad filters name the parameter; another team is not found; nothing else is shown.
+    let response = ui.get("/ui/costs?month=2026-13", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.expect("page").contains("month: "));
+    let response = ui.get("/ui/costs?colour=red", Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(response.text().await.expect("page").contains("colour"));
+    assert_eq!(ui.get("/ui/costs?team=beta", Some(&cookie)).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(ui.get("/ui/reports/cost?team=beta&format=csv", Some(&cookie)).await.status(), StatusCode::NOT_FOUND);
+
+    ui.stop().await;
+}

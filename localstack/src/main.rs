@@ -178,6 +178,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     println!("starting the emulated clouds (the first run installs moto and sushy-tools into .canopy/)...");
     let stack = LocalStack::start(&repo, &binaries, &state_dir.join("localstack")).await?;
     let database = TempDatabase::create(server_url, "canopy_demo").await?.keep();
+    seed_history(&binaries, &database.url).await?;
     let admin_token = random_token()?;
     let listen = match std::net::TcpListener::bind(listen) {
         Ok(_) => listen.to_string(),
@@ -211,8 +212,9 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         .post("/v1/tokens", serde_json::json!({"name": "demo-developer", "role": "developer", "team": "demo"}))
         .await?;
     let developer_token = developer["token"].as_str().context("no token")?.to_string();
-    let finance =
-        api.post("/v1/tokens", serde_json::json!({"name": "demo-finance", "role": "finance", "team": "demo"})).await?;
+    let finance = api
+        .post("/v1/tokens", serde_json::json!({"name": "payments-finance", "role": "finance", "team": "payments"}))
+        .await?;
     let finance_token = finance["token"].as_str().context("no token")?.to_string();
     let config_path = write_cli_config(&control.url, &developer_token)?;
 
@@ -242,7 +244,7 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
         println!("Emulated {}: {}", emulator.kind.name(), emulator.url);
     }
     println!("Sign in to the web UI with a token: the admin's, the developer's (in the CLI config), or");
-    println!("  finance (team demo, reports only): {finance_token}");
+    println!("  finance of team payments (seeded history; reports only): {finance_token}");
     println!("Admin token: {admin_token}   Logs: {}", state_dir.display());
     println!("Ctrl-C stops everything the demo started.");
 
@@ -250,6 +252,23 @@ async fn demo(server_url: &str, listen: &str, state_dir: &std::path::Path) -> Re
     println!("stopping...");
     control.stop(Duration::from_secs(5)).await;
     stack.stop().await;
+    Ok(())
+}
+
+/// Fills the demo's database with two months of past metering (`canopy seed-history`: teams,
+/// apps and jobs on machines of all four providers), so the web UI's cost pages and the reports
+/// have history to show beside what the demo's own machines accrue.
+async fn seed_history(binaries: &Binaries, database_url: &str) -> Result<()> {
+    println!("seeding 60 days of metering history (canopy seed-history)...");
+    let status = tokio::process::Command::new(&binaries.canopy)
+        .args(["seed-history", "--days", "60", "--machines", "40"])
+        .env("DATABASE_URL", database_url)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await?;
+    if !status.success() {
+        bail!("canopy seed-history failed ({status})");
+    }
     Ok(())
 }
 

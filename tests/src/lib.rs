@@ -1,6 +1,8 @@
 //! The end-to-end harness: a whole Canopy per test (its own database, control service on a
 //! free port, machines in their own cgroup slices), torn down even when the test fails.
 
+pub mod browser;
+
 use anyhow::{Context, Result, bail};
 use canopy_core::Resources;
 use canopy_localstack::booter::{self, Booter};

@@ -17,6 +17,7 @@ mod reports;
 
 pub(crate) use apps::log_tail;
 pub use error::ApiError;
+pub(crate) use reports::{RawParams as ReportParams, report};
 
 use crate::auth::{Caller, Role};
 use crate::store::Store;

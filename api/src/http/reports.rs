@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct Params {
+pub(crate) struct Params {
     by: Option<String>,
     month: Option<String>,
     from: Option<String>,
@@ -140,7 +140,7 @@ async fn parse(
 }
 
 /// The query string, parsed in `parse` so its errors have our shape.
-type RawParams = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
+pub(crate) type RawParams = Result<Query<Params>, axum::extract::rejection::QueryRejection>;
 
 async fn cost(
     State(state): State<AppState>,
@@ -271,6 +271,24 @@ async fn budgets(
         ]));
     }
     Ok(csv_response("budgets", &request.query, text))
+}
+
+/// One report by name, for a caller already authenticated: the web UI's CSV links, where the
+/// session stands in for the bearer token and everything else is this API's.
+pub(crate) async fn report(
+    state: AppState,
+    caller: Caller,
+    name: &str,
+    headers: HeaderMap,
+    params: RawParams,
+) -> Result<Response, ApiError> {
+    match name {
+        "cost" => cost(State(state), caller, headers, params).await,
+        "utilization" => utilization(State(state), caller, headers, params).await,
+        "savings" => savings(State(state), caller, headers, params).await,
+        "budgets" => budgets(State(state), caller, headers, params).await,
+        other => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no report named {other:?}"))),
+    }
 }
 
 /// JSON with the report's frame, or CSV: the `by` columns, then `header`.

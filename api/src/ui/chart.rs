@@ -43,7 +43,7 @@ const ROW: i64 = 30;
 const BAR: i64 = 20;
 const TITLE_HEIGHT: i64 = 28;
 const LEGEND_ROW: i64 = 22;
-const LEGEND_ITEM: i64 = 150;
+const LEGEND_GAP: i64 = 18;
 
 impl Chart {
     fn total(&self, category: usize) -> i64 {
@@ -71,8 +71,8 @@ impl Chart {
         let legend = self.legend_entries();
         // A single unnamed series needs no legend.
         let show_legend = legend.len() > 1;
-        let per_row = (WIDTH / LEGEND_ITEM).max(1) as usize;
-        let legend_rows = if show_legend { legend.len().div_ceil(per_row) as i64 } else { 0 };
+        let places = legend_places(&legend);
+        let legend_rows = if show_legend { places.last().map_or(0, |&(_, row)| row + 1) } else { 0 };
         let top = TITLE_HEIGHT + legend_rows * LEGEND_ROW;
         let height = top + ROW * self.categories.len().max(1) as i64 + 8;
         let scale = self.scale();
@@ -88,9 +88,8 @@ impl Chart {
         let _ =
             write!(svg, r#"<text x="0" y="18" class="chart-title" font-weight="bold">{}</text>"#, escape(&self.title));
         if show_legend {
-            for (i, (name, colour)) in legend.iter().enumerate() {
-                let lx = (i % per_row) as i64 * LEGEND_ITEM;
-                let ly = TITLE_HEIGHT + (i / per_row) as i64 * LEGEND_ROW;
+            for ((name, colour), (lx, row)) in legend.iter().zip(&places) {
+                let ly = TITLE_HEIGHT + row * LEGEND_ROW;
                 let _ = write!(
                     svg,
                     r#"<rect x="{lx}" y="{}" width="12" height="12" fill="{colour}"/><text x="{}" y="{}" font-size="12">{}</text>"#,
@@ -185,6 +184,22 @@ impl Chart {
     }
 }
 
+/// Where each legend entry goes (x, row): side by side, as wide as its text (about 7 px a
+/// character at 12 px), on a new row when the chart's width is used up.
+fn legend_places(legend: &[(&str, &str)]) -> Vec<(i64, i64)> {
+    let mut places = Vec::with_capacity(legend.len());
+    let (mut x, mut row) = (0, 0);
+    for (name, _) in legend {
+        let width = 16 + 7 * name.chars().count() as i64 + LEGEND_GAP;
+        if x > 0 && x + width > WIDTH {
+            (x, row) = (0, row + 1);
+        }
+        places.push((x, row));
+        x += width;
+    }
+    places
+}
+
 /// Text for XML content and attribute values.
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -274,6 +289,17 @@ mod tests {
         assert!(svg.contains(&format!(r#"<line x1="{}""#, LABEL_WIDTH + BAR_AREA)));
         assert!(svg.contains("alpha: $400 (aws $300, azure $100), budget $800"));
         assert!(svg.contains(">budget</text>"));
+    }
+
+    #[test]
+    fn legend_entries_are_as_wide_as_their_names_and_wrap() {
+        let long = "forecast for the rest of the month";
+        let places = legend_places(&[("spent", ""), (long, ""), ("budget", "")]);
+        assert_eq!(places[0], (0, 0));
+        assert_eq!(places[1], (16 + 35 + LEGEND_GAP, 0));
+        assert_eq!(places[2].0, places[1].0 + 16 + 7 * long.len() as i64 + LEGEND_GAP);
+        let many: Vec<(&str, &str)> = vec![(long, ""); 4];
+        assert_eq!(legend_places(&many).iter().map(|p| p.1).collect::<Vec<_>>(), [0, 0, 1, 1]);
     }
 
     #[test]

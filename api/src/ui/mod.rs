@@ -3,11 +3,13 @@
 //!
 //! People sign in with an API token and get a session (`session.rs`); every page is a tera
 //! template from the top-level `templates/ui/` (embedded in the binary) filled with view models
-//! computed from the store (`view.rs`); charts are SVG drawn in Rust (`chart.rs`). Pages show
+//! computed from the store (`view.rs`, `finance.rs` for the cost pages); charts are SVG drawn
+//! in Rust (`chart.rs`). Pages show
 //! what the `/v1` API lets the same token read, and forms do what it lets the token change:
 //! the same store calls, roles and team scopes, so a finance token changes nothing here either.
 
 mod chart;
+mod finance;
 mod pages;
 mod session;
 mod view;
@@ -35,6 +37,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/apps/{team}/{name}/promote", post(pages::promote))
         .route("/ui/apps/{team}/{name}/rollback", post(pages::rollback))
         .route("/ui/machines", get(pages::machines))
+        .route("/ui/costs", get(finance::costs))
+        .route("/ui/reports/{name}", get(finance::report))
         .route("/ui/{*rest}", get(|| async { UiError::new(StatusCode::NOT_FOUND, "no such page") }))
         .layer(axum::middleware::map_response(protect))
 }
@@ -59,7 +63,7 @@ async fn protect(mut response: Response) -> Response {
 
 /// The page templates, embedded in the binary. Their names end in `.html`, so tera escapes
 /// every value placed in them.
-const TEMPLATES: [(&str, &str); 7] = [
+const TEMPLATES: [(&str, &str); 8] = [
     ("base.html", include_str!("../../../templates/ui/base.html")),
     ("error.html", include_str!("../../../templates/ui/error.html")),
     ("sign_in.html", include_str!("../../../templates/ui/sign_in.html")),
@@ -67,6 +71,7 @@ const TEMPLATES: [(&str, &str); 7] = [
     ("apps.html", include_str!("../../../templates/ui/apps.html")),
     ("app.html", include_str!("../../../templates/ui/app.html")),
     ("machines.html", include_str!("../../../templates/ui/machines.html")),
+    ("costs.html", include_str!("../../../templates/ui/costs.html")),
 ];
 
 static TERA: LazyLock<Result<tera::Tera, String>> = LazyLock::new(|| {

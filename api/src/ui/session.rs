@@ -78,8 +78,14 @@ struct NavItem {
 /// workload pages; the others start from the pool.
 fn navigation(role: Role, current: &str) -> Vec<NavItem> {
     let items: &[(&str, &str)] = match role {
-        Role::Finance => &[("/ui/", "Dashboard"), ("/ui/machines", "Machines")],
-        _ => &[("/ui/", "Dashboard"), ("/ui/apps", "Apps"), ("/ui/jobs", "Jobs"), ("/ui/machines", "Machines")],
+        Role::Finance => &[("/ui/costs", "Costs"), ("/ui/", "Dashboard"), ("/ui/machines", "Machines")],
+        _ => &[
+            ("/ui/", "Dashboard"),
+            ("/ui/apps", "Apps"),
+            ("/ui/jobs", "Jobs"),
+            ("/ui/machines", "Machines"),
+            ("/ui/costs", "Costs"),
+        ],
     };
     items.iter().map(|&(href, label)| NavItem { href, label, current: href == current }).collect()
 }
@@ -192,7 +198,9 @@ pub async fn sign_in(
     }
     let session = state.store.open_session(&caller, chrono::Duration::hours(SESSION_TTL_HOURS)).await?;
     tracing::info!(actor = %caller.actor(), "ui signed in");
-    Ok(([session_cookie(&session.secret, over_tls(&headers))], Redirect::to("/ui/")).into_response())
+    // Finance works from the cost pages; everyone else from the pool.
+    let home = if caller.role == Role::Finance { "/ui/costs" } else { "/ui/" };
+    Ok(([session_cookie(&session.secret, over_tls(&headers))], Redirect::to(home)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -1,11 +1,14 @@
 //! Every page template rendered with fixture data: what each must show, that values are
 //! escaped, and that forms appear only for roles that may use them.
 
+use super::finance;
 use super::pages::{self, LogView};
 use super::session::Session;
 use super::view::tests::machine;
 use super::{TEMPLATES, UiError, render};
 use crate::auth::{Caller, Role};
+use crate::store::budgets::BudgetRow;
+use crate::store::reports::{CostRow, Group, Savings, SavingsRow, UtilizationRow};
 use crate::store::{AppDetail, AppSummary, EventRow, TaskRow};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -134,6 +137,26 @@ async fn every_template_renders_with_fixture_data() {
     let html = page(&mut rendered, "machines.html", &pages::machines_page(&developer, &machines, &[]));
     assert!(html.contains("t3a.medium") && html.contains("$0.0376") && html.contains("25%"), "{html}");
 
+    let html = page(&mut rendered, "costs.html", &costs_fixture(&developer));
+    for text in [
+        r#"id="total-cost">$15.00<"#,
+        r#"id="idle-cost">$3.00<"#,
+        "20% of the total",
+        "Cost by team, 2026-10 (idle: no team)",
+        "alpha: $12.00 (aws $10.00, azure $2.00); (idle): $3.00 (aws $3.00)",
+        "alpha/web: $10.00 (aws $10.00)",
+        "2026-09: $7.00 (aws $7.00); 2026-10: $15.00 (aws $13.00, azure $2.00)",
+        "<td>alpha</td><td class=\"num\">4.0</td><td class=\"num\">1.0</td><td class=\"num\">25%</td>",
+        "/ui/reports/cost?by=team,provider&amp;month=2026-10&amp;team=alpha&amp;format=csv",
+        r#"id="savings">$8.00<"#,
+        "alpha: $12.00, all on azure $20.00",
+        "alpha: $25.00 (spent $12.00, forecast for the rest of the month $13.00), budget $20.00",
+        "<strong class=\"error\">over budget</strong>",
+        "$0.0500",
+    ] {
+        assert!(html.contains(text), "costs page lacks {text}: {html}");
+    }
+
     let response = super::session::sign_in_page().await.expect("sign-in page");
     rendered.insert("sign_in.html");
     let html = body(response).await;
@@ -162,6 +185,81 @@ fn finance_sees_no_forms_that_change_state() {
     let html = render("dashboard.html", &pages::dashboard_page(&finance, &[], &[], &[])).expect("render");
     assert!(!html.contains(r#"href="/ui/apps""#), "finance navigation has no apps page: {html}");
     assert!(html.contains("No machines in the pool."));
+}
+
+fn cost_row(
+    team: Option<&str>,
+    app: Option<&str>,
+    provider: &str,
+    month: Option<&str>,
+    allocated: i64,
+    idle: i64,
+) -> CostRow {
+    CostRow {
+        group: Group {
+            team: team.map(String::from),
+            app: app.map(String::from),
+            provider: Some(provider.into()),
+            month: month.map(String::from),
+            ..Default::default()
+        },
+        allocated_micros: allocated,
+        idle_micros: idle,
+        total_micros: allocated + idle,
+    }
+}
+
+/// October 2026: alpha spent $10 on aws and $2 on azure, $3 of aws sat idle; September $7.
+fn costs_fixture(session: &Session) -> tera::Context {
+    let dollars = |d: i64| d * 1_000_000;
+    let filters: finance::Filters =
+        serde_json::from_value(serde_json::json!({"month": "2026-10", "team": "alpha"})).expect("filters");
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 22).expect("day");
+    let selection = finance::Selection::parse(filters, today).expect("selection");
+    let reports = finance::Reports {
+        by_team: vec![
+            cost_row(Some("alpha"), None, "aws", None, dollars(10), 0),
+            cost_row(Some("alpha"), None, "azure", None, dollars(2), 0),
+            cost_row(None, None, "aws", None, 0, dollars(3)),
+        ],
+        by_app: vec![
+            cost_row(Some("alpha"), Some("web"), "aws", None, dollars(10), 0),
+            cost_row(Some("alpha"), Some("etl"), "azure", None, dollars(2), 0),
+            cost_row(None, None, "aws", None, 0, dollars(3)),
+        ],
+        by_month: vec![
+            cost_row(None, None, "aws", Some("2026-09"), dollars(5), dollars(2)),
+            cost_row(None, None, "aws", Some("2026-10"), dollars(10), dollars(3)),
+            cost_row(None, None, "azure", Some("2026-10"), dollars(2), 0),
+        ],
+        utilization: vec![UtilizationRow {
+            group: Group { team: Some("alpha".into()), ..Default::default() },
+            cpu_requested_core_hours: 4.0,
+            cpu_used_core_hours: 1.0,
+            cpu_capacity_core_hours: 0.0,
+            memory_requested_gib_hours: 8.0,
+            memory_used_gib_hours: 2.0,
+            memory_capacity_gib_hours: 0.0,
+        }],
+        savings: Savings {
+            baseline_provider: Some("azure".into()),
+            rows: vec![SavingsRow {
+                group: Group { team: Some("alpha".into()), ..Default::default() },
+                actual_micros: dollars(12),
+                baseline_micros: dollars(20),
+                savings_micros: dollars(8),
+            }],
+        },
+        budgets: vec![BudgetRow {
+            team: "alpha".into(),
+            budget_micros: 20_000_000,
+            spent_micros: 12_000_000,
+            hourly_run_rate_micros: 50_000,
+            forecast_micros: 25_000_000,
+            over_budget: true,
+        }],
+    };
+    finance::costs_page(session, &selection, &["alpha".to_string()], &reports)
 }
 
 async fn body(response: axum::response::Response) -> String {

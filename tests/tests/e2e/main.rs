@@ -13,3 +13,4 @@ mod pool;
 mod provisioning;
 mod restart;
 mod rollout;
+mod ui;
