@@ -3,8 +3,9 @@
 //! comes from the controllers ([`Buyable`]), and `canopy_core::policy::assess` decides. Also the
 //! JSON answers these give.
 
+use crate::auth::Scope;
 use crate::controllers::Buyable;
-use crate::store::{AppDetail, LiveSpec, PolicyInputs, Result, Store, hours_left_in_month};
+use crate::store::{AppDetail, LiveSpec, PolicyInputs, Result, Store, StoreError, hours_left_in_month};
 use canopy_core::Resources;
 use canopy_core::policy::{
     Assessment, Binding, Context, Money, Outcome, PolicyDocument, ProviderRun, Rule, Verdict, Workload, applies, assess,
@@ -93,6 +94,37 @@ pub fn any_applies(policies: &[PolicyDocument], team: &str, spec: &AppSpec) -> b
     policies.iter().any(|p| applies(p, &workload))
 }
 
+/// Assesses team `team`'s `spec` for a change (deploy, scale) under the policies that apply
+/// to it: a hard refusal is an error naming each policy, rule and the numbers; `None` when no
+/// policy applies (nothing to check or bind, and no dry runs to pay for).
+pub async fn admit(store: &Store, buyable: &Buyable, team: Uuid, spec: &AppSpec) -> Result<Option<Assessment>> {
+    let policies = store.current_policies().await?;
+    let team_name = store.team_name(team).await?;
+    if !any_applies(&policies, &team_name, spec) {
+        return Ok(None);
+    }
+    let (_, assessment) = assess_spec(store, buyable, team, spec, None).await?;
+    if let Some(refusals) = refusals(&assessment) {
+        tracing::info!(app = %spec.name, %refusals, "refused by policy");
+        return Err(StoreError::PolicyRefused(refusals));
+    }
+    Ok(Some(assessment))
+}
+
+/// A scale-up costs more and needs more room: the policies must accept the app at its new size
+/// (within its `[autoscale]` bounds), as at a deploy. Scaling down is never held back.
+pub async fn admit_scale(store: &Store, buyable: &Buyable, scope: Scope, name: &str, instances: u32) -> Result<()> {
+    let app = store.app(scope, name).await?;
+    let instances = app.spec.autoscale.map_or(instances, |autoscale| autoscale.clamp(instances));
+    if i64::from(instances) <= i64::from(app.summary.instances) {
+        return Ok(());
+    }
+    if let Some(live) = store.live_specs(scope).await?.into_iter().find(|a| a.app_id == app.summary.id) {
+        admit(store, buyable, live.team_id, &AppSpec { instances, ..live.spec }).await?;
+    }
+    Ok(())
+}
+
 /// Every refusal, one line each: "policy payments-limits (concentration): team payments: ...".
 pub fn refusals(assessment: &Assessment) -> Option<String> {
     let refused: Vec<String> = assessment.verdicts.with_outcome(Outcome::Refuse).map(Verdict::to_string).collect();
@@ -120,7 +152,7 @@ pub fn portability(assessment: &Assessment) -> String {
 pub async fn recheck(store: &Store, buyable: &Buyable) -> Result<usize> {
     let mut flipped = 0;
     let policies = store.current_policies().await?;
-    for app in store.live_specs(crate::auth::Scope::All).await? {
+    for app in store.live_specs(Scope::All).await? {
         let unbound = app.binding.as_ref().is_none_or(|b| *b == Binding::default()) && app.portability.is_empty();
         if unbound && !any_applies(&policies, &app.team, &app.spec) {
             continue;

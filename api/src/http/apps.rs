@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use canopy_core::policy::{Assessment, Binding};
+use canopy_core::policy::Binding;
 use canopy_core::spec::AppSpec;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -98,7 +98,8 @@ async fn deploy(
 ) -> Result<(StatusCode, Json<Deployed>), ApiError> {
     caller.require(WRITERS, "deploy apps")?;
     let (spec, team) = deploy_request(&state, &caller, &name, q.team.as_deref(), body).await?;
-    let (binding, portability, warnings) = match admit(&state, team, &spec).await? {
+    let buyable = state.buyable.borrow().clone();
+    let (binding, portability, warnings) = match policy::admit(&state.store, &buyable, team, &spec).await? {
         Some(assessment) => {
             (assessment.binding.clone(), policy::portability(&assessment), policy::warnings(&assessment))
         }
@@ -109,24 +110,6 @@ async fn deploy(
     tracing::info!(app = %name, version = app.summary.version, changed, "app applied");
     let status = if changed { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(Deployed { app, warnings })))
-}
-
-/// Assesses team `team`'s `spec` under the policies that apply to it: a hard refusal is a 422
-/// naming each policy, rule and the numbers; `None` when no policy applies (nothing to check
-/// or bind, and no dry runs to pay for).
-async fn admit(state: &AppState, team: Uuid, spec: &AppSpec) -> Result<Option<Assessment>, ApiError> {
-    let policies = state.store.current_policies().await?;
-    let team_name = state.store.team_name(team).await?;
-    if !policy::any_applies(&policies, &team_name, spec) {
-        return Ok(None);
-    }
-    let buyable = state.buyable.borrow().clone();
-    let (_, assessment) = policy::assess_spec(&state.store, &buyable, team, spec, None).await?;
-    if let Some(refusals) = policy::refusals(&assessment) {
-        tracing::info!(app = %spec.name, %refusals, "refused by policy");
-        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_refused", refusals));
-    }
-    Ok(Some(assessment))
 }
 
 /// What `PUT /v1/apps/{name}` would do with this spec, with nothing stored.
@@ -178,15 +161,8 @@ async fn scale(
 ) -> Result<Json<AppDetail>, ApiError> {
     caller.require(WRITERS, "scale apps")?;
     let scope = scope(&state, &caller, q.team.as_deref()).await?;
-    // More instances cost more and need more room: the policies must accept the app at its new
-    // size, as at a deploy.
-    let app = state.store.app(scope, &name).await?;
-    let instances = app.spec.autoscale.map_or(request.instances, |autoscale| autoscale.clamp(request.instances));
-    if i64::from(instances) > i64::from(app.summary.instances)
-        && let Some(live) = state.store.live_specs(scope).await?.into_iter().find(|a| a.app_id == app.summary.id)
-    {
-        admit(&state, live.team_id, &AppSpec { instances, ..live.spec }).await?;
-    }
+    let buyable = state.buyable.borrow().clone();
+    policy::admit_scale(&state.store, &buyable, scope, &name, request.instances).await?;
     Ok(Json(state.store.scale_app(&caller.actor(), scope, &name, request.instances).await?))
 }
 

@@ -50,6 +50,9 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => ApiError::invalid(message),
             StoreError::Unauthorized(message) => ApiError::unauthorized(message),
             StoreError::Forbidden(message) => ApiError::forbidden(message),
+            StoreError::PolicyRefused(message) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_refused", message)
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError::new(

@@ -55,6 +55,9 @@ pub enum StoreError {
     Unauthorized(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A hard policy refuses the change; the message names each policy, rule and the numbers.
+    #[error("{0}")]
+    PolicyRefused(String),
     #[error("no random source: {0}")]
     Random(#[from] getrandom::Error),
     #[error("stored data is corrupt: {0}")]

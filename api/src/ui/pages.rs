@@ -201,6 +201,8 @@ pub struct AppView {
     pub is_job: bool,
     pub stable_version: String,
     pub rollout: String,
+    /// Why it lost its portability, '' while it has it.
+    pub portability: String,
     pub can_promote: bool,
     pub command: String,
     pub resources: String,
@@ -217,6 +219,7 @@ pub fn app_view(detail: &AppDetail) -> AppView {
         is_job: spec.job.is_some(),
         stable_version: s.stable_version.map_or_else(|| "none yet".into(), |v| format!("v{v}")),
         rollout: status(s),
+        portability: s.portability.clone(),
         can_promote: spec.job.is_none() && s.stable_version != Some(s.version),
         command: command.join(" "),
         resources: format!(
@@ -304,6 +307,8 @@ pub async fn scale(
         UiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("instances: {:?} is not a whole number", form.instances))
     })?;
     let scope = team_scope(&state, &session, &team, &name).await?;
+    let buyable = state.buyable.borrow().clone();
+    crate::policy::admit_scale(&state.store, &buyable, scope, &name, instances).await?;
     state.store.scale_app(&session.caller.actor(), scope, &name, instances).await?;
     tracing::info!(app = %name, instances, actor = %session.caller.actor(), "scaled from the ui");
     Ok(Redirect::to(&app_href(&team, &name)).into_response())

@@ -130,9 +130,14 @@ async fn every_template_renders_with_fixture_data() {
         "hello &lt;world&gt;",
         r#"action="/ui/apps/alpha/web/scale""#,
         r#"action="/ui/apps/alpha/web/promote""#,
+        "<th scope=\"row\">Portable</th><td>yes</td>",
     ] {
         assert!(html.contains(text), "app page lacks {text}: {html}");
     }
+    let mut unportable = detail();
+    unportable.summary.portability = "policy two-clouds (portability): 1 provider".into();
+    let html = page(&mut rendered, "app.html", &pages::app_page(&developer, &unportable, &events, None));
+    assert!(html.contains("<td>no: policy two-clouds (portability): 1 provider</td>"), "{html}");
 
     let html = page(&mut rendered, "machines.html", &pages::machines_page(&developer, &machines, &[]));
     assert!(html.contains("t3a.medium") && html.contains("$0.0376") && html.contains("25%"), "{html}");
