@@ -3,6 +3,7 @@
 mod client;
 mod hosts;
 mod policy;
+mod provider;
 mod providers;
 mod reports;
 mod table;
@@ -124,6 +125,9 @@ enum Command {
     /// Portability policies: residency, portability, concentration, budget, spot.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The pool's providers; evacuating one (`evacuate NAME [--dry-run | --abort]`).
+    #[command(subcommand)]
+    Provider(provider::ProviderCommand),
     /// Create an API token (admin); the secret is printed once.
     Token {
         name: String,
@@ -334,6 +338,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Report(command) => reports::run(&client, command, json).await,
         Command::Budget(command) => reports::budget(&client, command, json).await,
         Command::Policy(command) => policy::run(&client, command, json).await,
+        Command::Provider(command) => provider::run(&client, command, json).await,
         Command::Token { name, role, team } => {
             let token: NewToken =
                 client.post("/v1/tokens", &serde_json::json!({"name": name, "role": role, "team": team})).await?;

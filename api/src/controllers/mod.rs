@@ -60,8 +60,9 @@ impl Default for ControllerConfig {
 
 /// One pass of every controller, in dependency order: liveness (frees lost tasks' slots),
 /// autoscaling (sets instance counts), apps (creates and retires tasks), placement (assigns
-/// pending tasks, asks for machines), provisioning (buys, waits for, and returns machines),
-/// metering (the cost ledger, at its own pace).
+/// pending tasks, asks for machines), evacuations (drain an evacuated provider's machines wave
+/// by wave), provisioning (buys, waits for, and returns machines), metering (the cost ledger,
+/// at its own pace).
 #[tracing::instrument(skip_all)]
 pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
     let machines_lost = store.mark_lost_machines(config.machine_ttl).await?;
@@ -95,6 +96,7 @@ pub async fn step(store: &Store, config: &ControllerConfig) -> Result<()> {
             "reconciled"
         );
     }
+    store.step_evacuations().await?;
     if let Some(provisioner) = &config.provisioner {
         provisioner.step(store).await?;
     }

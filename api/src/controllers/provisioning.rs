@@ -86,8 +86,8 @@ impl Provisioner {
     }
 
     /// What can be bought now: the catalog plus the dynamic providers' current offerings,
-    /// without the offerings a provider recently had no capacity for and the regions whose
-    /// quota it said was used up, so the next plan tries the next-best offering (elsewhere)
+    /// without the providers being (or done being) evacuated, the offerings a provider
+    /// recently had no capacity for and the regions whose quota it said was used up, so the next plan tries the next-best offering (elsewhere)
     /// instead of failing the same way again.
     pub async fn available_catalog(&self, store: &Store) -> Result<Arc<Catalog>> {
         let mut dynamic = Vec::new();
@@ -98,7 +98,8 @@ impl Provisioner {
             }
         }
         let exhausted = store.recently_exhausted(CAPACITY_MEMORY).await?;
-        if exhausted.is_empty() && dynamic.is_empty() {
+        let evacuated = store.evacuated_providers().await?;
+        if exhausted.is_empty() && dynamic.is_empty() && evacuated.is_empty() {
             return Ok(self.catalog.clone());
         }
         let offerings = self
@@ -106,6 +107,7 @@ impl Provisioner {
             .offerings
             .iter()
             .chain(&dynamic)
+            .filter(|o| !evacuated.contains(&o.provider))
             .filter(|o| {
                 !exhausted.iter().any(|e| {
                     e.provider == o.provider

@@ -13,6 +13,7 @@ mod error;
 mod hosts;
 mod machines;
 mod policies;
+mod providers;
 mod reports;
 
 pub(crate) use apps::log_tail;
@@ -52,7 +53,8 @@ pub fn router(state: AppState) -> Router {
         .merge(policies::router())
         .merge(agent::router())
         .merge(reports::router())
-        .merge(budgets::router());
+        .merge(budgets::router())
+        .merge(providers::router());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))

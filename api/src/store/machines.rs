@@ -223,14 +223,18 @@ impl Store {
         Ok(lost.into_iter().map(|(_, name)| name).collect())
     }
 
-    /// The resources of ready machines and what is already allocated on them.
+    /// The resources of ready machines and what is already allocated on them (machines of an
+    /// evacuated provider are left out).
     pub(super) async fn ready_machines(
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
     ) -> Result<Vec<canopy_core::schedule::MachineView>> {
         let rows = sqlx::query_as::<_, SnapshotMachine>(
             "SELECT id, state, provider, region, zone, offering, spot, price_micros, sunk, capacity_milli_cpu,
                     capacity_memory, labels
-             FROM machines WHERE state IN ('requested', 'booting', 'ready') ORDER BY id FOR UPDATE",
+             FROM machines WHERE state IN ('requested', 'booting', 'ready')
+               -- An evacuating or evacuated provider takes no new work.
+               AND provider NOT IN (SELECT provider FROM evacuations WHERE state IN ('running', 'completed'))
+             ORDER BY id FOR UPDATE",
         )
         .fetch_all(&mut **tx)
         .await?;

@@ -9,6 +9,7 @@ mod assessment;
 pub mod autoscale;
 pub mod budgets;
 mod endpoints;
+mod evacuations;
 pub mod history;
 mod hosts;
 mod identity;
@@ -24,6 +25,10 @@ mod tasks;
 pub use apps::{AppDetail, AppSummary, TaskRow};
 pub use assessment::{LiveSpec, PolicyInputs, Spend, TaskPlace, hours_left_in_month};
 pub use endpoints::Endpoint;
+pub use evacuations::{
+    EvacuationPlanView, EvacuationView, PlannedMove, PlannedPurchase, PlannedRelease, ProviderRow, RemainingTask,
+    UnplacedTask,
+};
 pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
 pub use machines::MachineRow;

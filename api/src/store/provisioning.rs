@@ -188,13 +188,16 @@ impl Store {
 
     /// What consolidation looks at: ready machines and the tasks on them. `None` while any
     /// machine is still being bought (consolidating a pool that is growing would fight the
-    /// planner).
+    /// planner) or a provider is being evacuated.
     pub async fn consolidation_snapshot(&self) -> Result<Option<Snapshot>> {
         let mut tx = self.begin().await?;
-        let growing: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM machines WHERE state IN ('requested', 'booting'))")
-                .fetch_one(&mut *tx)
-                .await?;
+        // An evacuation moves work itself: consolidation waits until it is over.
+        let growing: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM machines WHERE state IN ('requested', 'booting'))
+                 OR EXISTS (SELECT 1 FROM evacuations WHERE state = 'running')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         if growing {
             return Ok(None);
         }
@@ -278,9 +281,17 @@ impl Store {
     }
 
     /// Bought machines that have run no task for `idle` start draining (and are terminated
-    /// once empty). Returns how many started.
+    /// once empty). Returns how many started. Not while a provider is being evacuated: the
+    /// machines bought for its work may wait for their wave.
     pub async fn drain_idle(&self, idle: Duration) -> Result<usize> {
         let Some(mut tx) = self.begin_leader().await? else { return Ok(0) };
+        let evacuating: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM evacuations WHERE state = 'running')")
+            .fetch_one(&mut *tx)
+            .await?;
+        if evacuating {
+            tx.rollback().await?;
+            return Ok(0);
+        }
         sqlx::query(
             "UPDATE machines m SET idle_since = CASE
                  WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.machine_id = m.id AND t.state IN ('assigned', 'running')) THEN NULL

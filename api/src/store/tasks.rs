@@ -474,6 +474,9 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         if pending.is_empty() {
+            // Ended now rather than when the connection is next used, which would hold the
+            // controllers' lock until then and make the next step's transactions skip.
+            tx.rollback().await?;
             return Ok(PlacementOutcome::default());
         }
         // Spot only ever serves interruptible work; apps say whether they are.

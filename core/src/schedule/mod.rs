@@ -7,13 +7,15 @@
 //! a catalog (the provisioning planner; a task whose share of the machine it would get costs
 //! much more than a machine bought for it alone is left to the planner too), and lets what still has no room evict lower-priority
 //! preemptible work. [`consolidate`] is the separate, periodic pass that gives machines back;
-//! [`explain`] says what a placement would have cost elsewhere. Nothing here does I/O, reads
+//! [`explain`] says what a placement would have cost elsewhere; [`plan_evacuation`] previews
+//! moving everything off one provider, and [`next_wave`] paces that move. Nothing here does I/O, reads
 //! the clock or draws randomness other than from the seed it is given.
 
 mod catalog;
 mod cluster;
 mod consolidate;
 mod cover;
+mod evacuate;
 mod explain;
 mod hashing;
 mod model;
@@ -25,6 +27,9 @@ mod preempt;
 pub use catalog::{Catalog, CatalogError, Offering, OwnedRates, gib_micros_to_bytes, parse_micros};
 pub use consolidate::{DisruptionBudget, consolidate};
 pub use cover::{CoverBound, cover_bound};
+pub use evacuate::{
+    EvacuationPlan, Relocation, Timing, WaitingMachine, disruption_budget, next_wave, plan_evacuation, waves,
+};
 pub use explain::{Explanation, ProviderCost, explain};
 pub use model::{
     Constraints, Dimension, Drain, Filter, MachineState, MachineView, MicrosPerHour, Move, NoFit, Placement, Plan,
