@@ -5,6 +5,7 @@ mod api;
 mod autoscale;
 mod deploy;
 mod entry;
+mod evacuate;
 mod failure;
 mod jobs;
 mod logs;
