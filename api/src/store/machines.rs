@@ -34,6 +34,15 @@ pub struct MachineRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// What a machine's tasks use (see [`Store::machines_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct MachineUsage {
+    pub machine_id: Uuid,
+    pub memory_bytes: i64,
+    pub cpu_usec: i64,
+    pub window_seconds: i64,
+}
+
 impl Store {
     /// Spends a join token and registers the machine, returning its agent credential.
     pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse> {
@@ -184,11 +193,20 @@ impl Store {
         .await?)
     }
 
-    /// Memory the running tasks of each machine use now (from their last reports), by machine.
-    pub async fn machines_memory_in_use(&self) -> Result<Vec<(Uuid, i64)>> {
-        Ok(sqlx::query_as(
-            "SELECT machine_id, COALESCE(SUM(memory_bytes), 0)::bigint FROM tasks
-             WHERE state = 'running' AND machine_id IS NOT NULL GROUP BY machine_id",
+    /// What the tasks on each live machine use: memory now (from their last reports), and cpu
+    /// time over the current and the previous clock hour (from the metering rows), with the
+    /// seconds of that window the machine existed.
+    pub async fn machines_usage(&self) -> Result<Vec<MachineUsage>> {
+        Ok(sqlx::query_as::<_, MachineUsage>(
+            "SELECT m.id AS machine_id,
+                    COALESCE((SELECT SUM(t.memory_bytes) FROM tasks t
+                              WHERE t.machine_id = m.id AND t.state = 'running'), 0)::bigint AS memory_bytes,
+                    COALESCE((SELECT SUM(u.cpu_usec) FROM task_usage_hours u JOIN tasks t ON t.id = u.task_id
+                              WHERE t.machine_id = m.id AND u.hour >= date_trunc('hour', now()) - interval '1 hour'),
+                             0)::bigint AS cpu_usec,
+                    GREATEST(EXTRACT(EPOCH FROM now() - GREATEST(date_trunc('hour', now()) - interval '1 hour',
+                                                               m.created_at)), 0)::bigint AS window_seconds
+             FROM machines m WHERE m.state NOT IN ('terminated', 'failed')",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -31,7 +31,7 @@ pub use evacuations::{
 };
 pub use hosts::{HostInventory, HostRow};
 pub use identity::{NewToken, TeamRow};
-pub use machines::MachineRow;
+pub use machines::{MachineRow, MachineUsage};
 pub use metering::ProviderSpend;
 pub use policies::{AppliedPolicy, Author, PolicyRow, Reader};
 pub use provisioning::ProvisionedMachine;

@@ -6,7 +6,7 @@ use super::session::Session;
 use super::{UiError, render, view};
 use crate::auth::{Role, Scope};
 use crate::http::AppState;
-use crate::store::{AppDetail, AppSummary, EventRow, MachineRow, TaskRow};
+use crate::store::{AppDetail, AppSummary, EventRow, MachineRow, MachineUsage, TaskRow};
 use axum::Form;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -367,12 +367,12 @@ fn form_error(rejection: FormRejection) -> UiError {
 
 pub async fn machines(State(state): State<AppState>, session: Session) -> Result<Html<String>, UiError> {
     let rows = state.store.machines().await?;
-    let in_use = state.store.machines_memory_in_use().await?;
-    Ok(Html(render("machines.html", &machines_page(&session, &rows, &in_use))?))
+    let usage = state.store.machines_usage().await?;
+    Ok(Html(render("machines.html", &machines_page(&session, &rows, &usage))?))
 }
 
-pub fn machines_page(session: &Session, rows: &[MachineRow], memory_in_use: &[(uuid::Uuid, i64)]) -> tera::Context {
+pub fn machines_page(session: &Session, rows: &[MachineRow], usage: &[MachineUsage]) -> tera::Context {
     let mut context = session.context("/ui/machines");
-    context.insert("machines", &view::machines(rows, memory_in_use));
+    context.insert("machines", &view::machines(rows, usage));
     context
 }

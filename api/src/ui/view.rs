@@ -2,7 +2,7 @@
 //! fixtures. Numbers are formatted here (money from integer micro-units, never floats), so the
 //! templates only place text.
 
-use crate::store::{EventRow, MachineRow};
+use crate::store::{EventRow, MachineRow, MachineUsage};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
@@ -160,16 +160,21 @@ pub struct MachineView {
     pub cpu_allocated: String,
     pub memory_allocated: String,
     pub memory_used: String,
+    pub cpu_used: String,
     pub tasks: i64,
     pub address: String,
     pub last_heartbeat: String,
 }
 
-pub fn machines(rows: &[MachineRow], memory_in_use: &[(Uuid, i64)]) -> Vec<MachineView> {
-    let in_use: HashMap<Uuid, i64> = memory_in_use.iter().copied().collect();
+pub fn machines(rows: &[MachineRow], usage: &[MachineUsage]) -> Vec<MachineView> {
+    let usage: HashMap<Uuid, MachineUsage> = usage.iter().map(|u| (u.machine_id, *u)).collect();
     rows.iter()
         .map(|m| {
-            let used = in_use.get(&m.id).copied().unwrap_or(0);
+            let used = usage.get(&m.id);
+            let memory = used.map_or(0, |u| u.memory_bytes);
+            // Cpu microseconds over what the machine's cpus could give in the window.
+            let cpu_possible =
+                used.map_or(0, |u| u.window_seconds.saturating_mul(m.capacity_milli_cpu).saturating_mul(1000));
             MachineView {
                 name: m.name.clone(),
                 provider: m.provider.clone(),
@@ -184,7 +189,8 @@ pub fn machines(rows: &[MachineRow], memory_in_use: &[(Uuid, i64)]) -> Vec<Machi
                 memory: bytes(m.capacity_memory),
                 cpu_allocated: percent(m.allocated_milli_cpu, m.capacity_milli_cpu),
                 memory_allocated: percent(m.allocated_memory, m.capacity_memory),
-                memory_used: percent(used, m.capacity_memory),
+                memory_used: percent(memory, m.capacity_memory),
+                cpu_used: percent(used.map_or(0, |u| u.cpu_usec), cpu_possible),
                 tasks: m.tasks,
                 address: m.address.clone(),
                 last_heartbeat: timestamp(&m.last_heartbeat),
@@ -313,13 +319,18 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn machines_show_memory_in_use_beside_allocation() {
+    fn machines_show_use_beside_allocation() {
         let row = machine("a", "aws", "us-east-1", "ready");
-        let views = machines(std::slice::from_ref(&row), &[(row.id, 1 << 30)]);
+        // 2 cpus for 100 s could give 200 cpu-seconds; tasks used 50.
+        let usage =
+            MachineUsage { machine_id: row.id, memory_bytes: 1 << 30, cpu_usec: 50_000_000, window_seconds: 100 };
+        let views = machines(std::slice::from_ref(&row), &[usage]);
         assert_eq!(views[0].memory_allocated, "25%");
         assert_eq!(views[0].memory_used, "25%");
+        assert_eq!(views[0].cpu_used, "25%");
         assert_eq!(views[0].price, "$0.0376");
-        assert_eq!(machines(&[row], &[])[0].memory_used, "0%");
+        let unknown = machines(&[row], &[]);
+        assert_eq!((unknown[0].memory_used.as_str(), unknown[0].cpu_used.as_str()), ("0%", "-"));
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! seeded ones, and a screenshot is saved as a test artifact.
 
 use anyhow::{Context, Result, bail};
-use canopy_e2e::Stack;
 use canopy_e2e::browser::Browser;
+use canopy_e2e::{Stack, hello_spec};
 use reqwest::Method;
 use serde_json::json;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Signs in through the sign-in form's POST, as a browser on the page would, and returns the
 /// session cookie (`name=value`).
@@ -118,5 +119,34 @@ async fn the_finance_page_in_a_real_browser_shows_the_seeded_totals() -> Result<
     browser.screenshot(&page, &screenshot, (1280, 3200)).await?;
     let png = std::fs::read(&screenshot)?;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "{} is no screenshot", screenshot.display());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_developer_sees_the_pool_the_app_and_its_log_in_a_real_browser() -> Result<()> {
+    let stack = Stack::start(1).await?;
+    stack.deploy(&hello_spec("hello", 1)).await?;
+    stack.wait_running("hello", 1, Duration::from_secs(30)).await?;
+    let token = stack
+        .admin
+        .call(Method::POST, "/v1/tokens", Some(json!({"name": "dev-ui", "role": "developer", "team": "alpha"})))
+        .await?
+        .ok()?;
+    let cookie = sign_in(&stack.control.url, token["token"].as_str().context("token")?).await?;
+    let upstream = stack.control.url.trim_start_matches("http://").to_string();
+    let browser = Browser::start(&upstream, &cookie, &stack.dir.join("chromium")).await?;
+
+    // The dashboard: the machine in the pool, the deploy among the recent events.
+    let dom = browser.dump_dom(&format!("{}/ui/", stack.control.url)).await?;
+    assert!(dom.contains("<td>baremetal</td>") && dom.contains("app.deployed"), "{dom}");
+
+    // The app page: its running instance on m1, and the tail of its log, read from the agent.
+    let dom = browser.dump_dom(&format!("{}/ui/apps/alpha/hello", stack.control.url)).await?;
+    assert!(dom.contains("App hello") && dom.contains("<td>running</td>") && dom.contains("<td>m1</td>"), "{dom}");
+    assert!(dom.contains("listening on http://"), "no log tail: {dom}");
+    assert!(dom.contains("/ui/apps/alpha/hello/scale"), "a developer gets the scale form: {dom}");
+
+    let dom = browser.dump_dom(&format!("{}/ui/machines", stack.control.url)).await?;
+    assert!(dom.contains("<td>m1</td>") && dom.contains("<td>ready</td>"), "{dom}");
     Ok(())
 }
