@@ -271,7 +271,8 @@ async fn replace_runs(tx: &mut Transaction<'static, Postgres>, runs: &[Uuid], in
 }
 
 /// Starts the run for `instant`: a job of its own, `<name>-<yyyymmddhhmm>` (UTC), with the
-/// scheduled job's spec without the schedule. A run that exists already is not started again.
+/// scheduled job's spec without the schedule, bound by what the policies bind the scheduled
+/// job to. A run that exists already is not started again.
 async fn start_run(tx: &mut Transaction<'static, Postgres>, app: &JobApp<'_>, instant: DateTime<Utc>) -> Result<()> {
     let name = format!("{}-{}", app.name, instant.format("%Y%m%d%H%M"));
     let mut spec = app.spec.clone();
@@ -283,8 +284,9 @@ async fn start_run(tx: &mut Transaction<'static, Postgres>, app: &JobApp<'_>, in
     let spec_json = serde_json::to_value(&spec).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let id = Uuid::new_v4();
     let created = sqlx::query(
-        "INSERT INTO apps (id, team_id, name, version, instances, rollout, job_state, parent_id)
-         VALUES ($1, $2, $3, 1, 1, 'progressing', 'waiting', $4) ON CONFLICT DO NOTHING",
+        "INSERT INTO apps (id, team_id, name, version, instances, rollout, job_state, parent_id, policy_binding)
+         VALUES ($1, $2, $3, 1, 1, 'progressing', 'waiting', $4, (SELECT policy_binding FROM apps WHERE id = $4))
+         ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(app.team)
