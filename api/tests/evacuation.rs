@@ -10,6 +10,7 @@ use canopy_api::store::{Store, StoreError};
 use canopy_core::spec::AppSpec;
 use canopy_core::wire::{ExitStatus, HeartbeatRequest, PROTOCOL_VERSION, RunState, TaskReport, Usage};
 use common::{TestDb, join, no_catalog};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use uuid::Uuid;
@@ -129,6 +130,8 @@ async fn an_evacuation_moves_everything_within_budgets_across_a_restart_and_comp
     store.start_evacuation("admin", "aws", Duration::ZERO, &no_catalog(), &Default::default()).await.expect("start");
     let again = store.start_evacuation("admin", "aws", Duration::ZERO, &no_catalog(), &Default::default()).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let preview = store.evacuation_plan("aws", &no_catalog(), &Default::default()).await;
+    assert!(matches!(preview, Err(StoreError::Conflict(_))), "already under way: {preview:?}");
 
     // Wave 1: one machine drains. A new app goes to azure, never to the aws machine that is
     // still ready.
@@ -194,7 +197,7 @@ async fn an_evacuation_moves_everything_within_budgets_across_a_restart_and_comp
 
 #[tokio::test]
 async fn an_abort_keeps_finished_moves_undoes_the_rest_and_gives_the_provider_back() {
-    let (_db, store) = TestDb::create("canopy_evac").await;
+    let (db, store) = TestDb::create("canopy_evac").await;
     let team = store.create_team("test", "alpha").await.expect("team").id;
     let scope = Scope::Team(team);
     let aws =
@@ -249,4 +252,17 @@ async fn an_abort_keeps_finished_moves_undoes_the_rest_and_gives_the_provider_ba
         "{refused:?}"
     );
     assert!(store.evacuated_providers().await.expect("evacuated").is_empty());
+
+    // What its policies bind an app to counts too: bound to aws, web has nowhere to go.
+    let mut connection = sqlx::PgConnection::connect(&db.url()).await.expect("connect");
+    let binding =
+        serde_json::json!({"providers": ["aws"], "regions": null, "zones": null, "spot": false, "min_on_demand": 0});
+    sqlx::query("UPDATE apps SET policy_binding = $1 WHERE name = 'web'")
+        .bind(binding)
+        .execute(&mut connection)
+        .await
+        .expect("bind");
+    let plan = store.evacuation_plan("aws", &no_catalog(), &Default::default()).await.expect("plan");
+    assert!(plan.unplaced.iter().any(|u| u.app == "web"), "{plan:#?}");
+    assert!(plan.moves.iter().all(|m| m.app != "web"), "{plan:#?}");
 }

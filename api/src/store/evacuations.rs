@@ -9,6 +9,7 @@
 
 use super::{CONTROLLER_LOCK, Result, Store, StoreError, record};
 use canopy_core::Resources;
+use canopy_core::policy::Binding;
 use canopy_core::schedule::{
     Catalog, Constraints, EvacuationPlan, Policy, Quota, RunningTask, Snapshot, SpotPolicy, TaskAsk, Timing,
     WaitingMachine, WorkloadKind, disruption_budget, next_wave, plan_evacuation,
@@ -167,6 +168,8 @@ struct LeavingTask {
     milli_cpu: i64,
     memory: i64,
     spec: serde_json::Value,
+    /// What its policies bind the app to (NULL without policies).
+    binding: Option<serde_json::Value>,
 }
 
 impl Store {
@@ -194,9 +197,11 @@ impl Store {
         quotas: &BTreeMap<String, Quota>,
     ) -> Result<EvacuationPlanView> {
         let mut tx = self.begin().await?;
-        let (_, view) = plan_in(&mut tx, provider, catalog, quotas).await?;
-        tx.commit().await?;
-        Ok(view)
+        let planned = match live_state(&mut tx, provider).await {
+            Ok(()) => plan_in(&mut tx, provider, catalog, quotas).await.map(|(_, view)| view),
+            Err(error) => Err(error),
+        };
+        settle(tx, planned).await
     }
 
     /// Starts evacuating `provider`: records it (durably, with the plan), buys the plan's
@@ -377,20 +382,7 @@ async fn start_in(
     catalog: &Arc<Catalog>,
     quotas: &BTreeMap<String, Quota>,
 ) -> Result<()> {
-    let live: Option<String> =
-        sqlx::query_scalar("SELECT state FROM evacuations WHERE provider = $1 AND state IN ('running', 'completed')")
-            .bind(provider)
-            .fetch_optional(&mut **tx)
-            .await?;
-    match live.as_deref() {
-        Some("running") => return Err(StoreError::Conflict(format!("provider {provider} is already being evacuated"))),
-        Some(_) => {
-            return Err(StoreError::Conflict(format!(
-                "provider {provider} is evacuated already; `canopy provider evacuate {provider} --abort` lifts it"
-            )));
-        }
-        None => {}
-    }
+    live_state(tx, provider).await?;
     let (plan, view) = plan_in(tx, provider, catalog, quotas).await?;
     if !view.unplaced.is_empty() {
         let stuck: Vec<String> =
@@ -423,6 +415,24 @@ async fn start_in(
     record(tx, actor, "evacuation.started", provider, None, detail).await?;
     tracing::info!(provider, moves = view.moves.len(), purchases = view.purchases.len(), "evacuation started");
     Ok(())
+}
+
+/// Refuses when `provider` is already being evacuated, or is evacuated.
+async fn live_state(tx: &mut Transaction<'static, Postgres>, provider: &str) -> Result<()> {
+    let live: Option<String> =
+        sqlx::query_scalar("SELECT state FROM evacuations WHERE provider = $1 AND state IN ('running', 'completed')")
+            .bind(provider)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match live.as_deref() {
+        Some("running") => Err(StoreError::Conflict(format!(
+            "provider {provider} is already being evacuated (`canopy provider status {provider}`)"
+        ))),
+        Some(_) => Err(StoreError::Conflict(format!(
+            "provider {provider} is evacuated already; `canopy provider evacuate {provider} --abort` lifts it"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Aborts or lifts `provider`'s evacuation in the caller's locked transaction.
@@ -637,7 +647,8 @@ async fn plan_in(
 ) -> Result<(EvacuationPlan, EvacuationPlanView)> {
     let machines = Store::ready_machines(tx).await?;
     let leaving: Vec<LeavingTask> = sqlx::query_as(
-        "SELECT t.id, t.app_id, a.name AS app, t.instance, a.instances, t.machine_id, t.milli_cpu, t.memory, v.spec
+        "SELECT t.id, t.app_id, a.name AS app, t.instance, a.instances, t.machine_id, t.milli_cpu, t.memory, v.spec,
+                a.policy_binding AS binding
          FROM tasks t JOIN machines m ON m.id = t.machine_id JOIN apps a ON a.id = t.app_id
          JOIN app_versions v ON v.app_id = t.app_id AND v.version = t.version
          WHERE m.provider = $1 AND m.state IN ('requested', 'booting', 'ready')
@@ -655,6 +666,7 @@ async fn plan_in(
     .into_iter()
     .collect();
     let mut running = Vec::new();
+    let mut bound_nowhere = Vec::new();
     let mut budgets = BTreeMap::new();
     let mut stop_grace_s = 0;
     let mut kinds: HashMap<Uuid, (&str, i32, WorkloadKind)> = HashMap::new();
@@ -671,21 +683,33 @@ async fn plan_in(
         budgets.insert(task.app_id.to_string(), budget);
         stop_grace_s = stop_grace_s.max(spec.stop_grace.0.div_ceil(1000));
         kinds.insert(task.id, (task.app.as_str(), task.instance, kind));
-        running.push(RunningTask {
-            task: TaskAsk {
-                id: task.id,
-                group: task.app_id.to_string(),
-                resources: Resources::new(task.milli_cpu.max(0) as u64, task.memory.max(0) as u64),
-                priority: spec.priority,
-                interruptible: spec.interruptible,
-                kind,
-                // As placement does: agents and sample apps are built for amd64.
-                constraints: Constraints { arch: Some("amd64".into()), ..spec.placement.constraints() },
-                ..Default::default()
-            },
-            machine: task.machine_id,
-            do_not_disrupt: false,
-        });
+        let ask = TaskAsk {
+            id: task.id,
+            group: task.app_id.to_string(),
+            resources: Resources::new(task.milli_cpu.max(0) as u64, task.memory.max(0) as u64),
+            priority: spec.priority,
+            interruptible: spec.interruptible,
+            kind,
+            // As placement does: agents and sample apps are built for amd64.
+            constraints: Constraints { arch: Some("amd64".into()), ..spec.placement.constraints() },
+            ..Default::default()
+        };
+        // As placement does: the app's policies narrow where it may go.
+        let binding: Option<Binding> = task
+            .binding
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("app {}: policy binding: {e}", task.app)))?;
+        let ask = match binding.map(|b| b.apply(&ask, u32::try_from(task.instance).unwrap_or(0))) {
+            None => ask,
+            Some(Some(bound)) => bound,
+            Some(None) => {
+                bound_nowhere.push(task.id);
+                ask
+            }
+        };
+        running.push(RunningTask { task: ask, machine: task.machine_id, do_not_disrupt: false });
     }
     let timing = Timing {
         boot_seconds: observed_boots(tx).await?,
@@ -709,6 +733,7 @@ async fn plan_in(
     let moves = plan
         .relocations
         .iter()
+        .filter(|r| !bound_nowhere.contains(&r.task))
         .map(|r| {
             let (app, instance, kind) = kinds.get(&r.task).copied().unwrap_or(("?", -1, WorkloadKind::Service));
             PlannedMove {
@@ -751,18 +776,17 @@ async fn plan_in(
             tasks: leaving.iter().filter(|t| t.machine_id == m.id).count(),
         })
         .collect();
+    let policy_reason = "its policies leave it no place".to_string();
     let unplaced = plan
         .unplaced
         .iter()
-        .map(|u| {
-            let (app, instance, _) = kinds.get(&u.task).copied().unwrap_or(("?", -1, WorkloadKind::Service));
-            let machine = leaving.iter().find(|t| t.id == u.task).map(|t| machine_name(&t.machine_id));
-            UnplacedTask {
-                app: app.to_string(),
-                instance,
-                machine: machine.unwrap_or_default(),
-                reason: u.reason.to_string(),
-            }
+        .map(|u| (u.task, u.reason.to_string()))
+        .filter(|(task, _)| !bound_nowhere.contains(task))
+        .chain(bound_nowhere.iter().map(|&task| (task, policy_reason.clone())))
+        .map(|(task, reason)| {
+            let (app, instance, _) = kinds.get(&task).copied().unwrap_or(("?", -1, WorkloadKind::Service));
+            let machine = leaving.iter().find(|t| t.id == task).map(|t| machine_name(&t.machine_id));
+            UnplacedTask { app: app.to_string(), instance, machine: machine.unwrap_or_default(), reason }
         })
         .collect();
     let view = EvacuationPlanView {
