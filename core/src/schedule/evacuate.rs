@@ -75,7 +75,8 @@ pub fn waves(machines: &[WaitingMachine], budgets: &BTreeMap<String, u32>) -> Ve
     while !waiting.is_empty() {
         let wave = next_wave(&waiting, &BTreeMap::new(), budgets);
         // The first machine in order always fits an empty wave, so this never loops forever.
-        waiting.retain(|m| !wave.contains(&m.id));
+        let gone: HashSet<Uuid> = wave.iter().copied().collect();
+        waiting.retain(|m| !gone.contains(&m.id));
         waves.push(wave);
     }
     waves
@@ -155,14 +156,14 @@ pub fn plan_evacuation(
     }
     relocations.sort_by_key(|r| (r.from, r.task));
 
-    let mut waiting: Vec<WaitingMachine> =
-        leaving.iter().map(|&id| WaitingMachine { id, groups: BTreeMap::new() }).collect();
-    waiting.sort_by_key(|m| m.id);
+    let mut waiting: BTreeMap<Uuid, WaitingMachine> =
+        leaving.iter().map(|&id| (id, WaitingMachine { id, groups: BTreeMap::new() })).collect();
     for task in &moving {
-        if let Some(machine) = waiting.iter_mut().find(|m| m.id == task.machine) {
+        if let Some(machine) = waiting.get_mut(&task.machine) {
             *machine.groups.entry(task.task.group.clone()).or_default() += 1;
         }
     }
+    let waiting: Vec<WaitingMachine> = waiting.into_values().collect();
     let waves = waves(&waiting, budgets);
 
     let cost_before = snapshot.machines.iter().map(|m| m.price).sum();
