@@ -429,3 +429,21 @@ async fn dry_run_shows_placement_costs_and_verdicts_and_stores_nothing_and_expla
     let (status, _) = api.call(&api.developer, reqwest::Method::GET, "/v1/policies/eu-only", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "a tested policy is not stored");
 }
+
+#[tokio::test]
+async fn an_evacuation_plan_moves_nothing_where_the_policies_forbid() {
+    let api = Api::start("canopy_pol", Catalog::default()).await;
+    api.machine("aws-1", "aws", "us-east-1", 100_000).await;
+    api.machine("azure-1", "azure", "westeurope", 100_000).await;
+    let policy = "name = \"aws-only\"\nscope = { team = \"payments\" }\n[residency]\nallowed_providers = [\"aws\"]\n";
+    api.put_policy(&api.admin, policy).await;
+    assert_eq!(api.deploy(&app("pinned", "")).await.0, StatusCode::CREATED);
+    api.place().await;
+
+    // Azure has room, but the policy keeps the app on aws: evacuating aws cannot move it.
+    let plan =
+        api.store.evacuation_plan("aws", &Arc::new(Catalog::default()), &Default::default()).await.expect("plan");
+    assert!(plan.moves.is_empty(), "{plan:#?}");
+    assert_eq!(plan.unplaced.len(), 1, "{plan:#?}");
+    assert_eq!((plan.unplaced[0].app.as_str(), plan.unplaced[0].machine.as_str()), ("pinned", "aws-1"));
+}
