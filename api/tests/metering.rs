@@ -249,6 +249,31 @@ async fn reports_read_the_materialised_ledger() {
     assert_eq!(rows[0].cpu_requested_of_capacity(), Some(0.25));
     assert_eq!(rows[0].memory_requested_gib_hours, 4.0);
     assert_eq!(rows[0].cpu_used_core_hours, 0.0, "no usage reported in the fixture");
+
+    // Charging max(request, usage) per resource: red/web used both of azure-b's cpus in its
+    // hour (7.2e9 cpu microseconds), so it pays for all of the cpu part and half of the memory
+    // part: 200,000 x (63,222 + 33,896 / 2) / 97,118 (the reference split of 2 cpu : 8 GiB),
+    // 165,098.3, to within a micro.
+    use canopy_api::store::metering::CostPolicy;
+    use canopy_core::cost::{AllocationMode, IdlePolicy};
+    let mut connection = PgConnection::connect(&db.url()).await.expect("connect");
+    sqlx::query(
+        "INSERT INTO task_usage_hours (task_id, hour, cpu_usec, memory_byte_seconds, memory_sampled_ms, memory_peak)
+         SELECT t.id, '2026-11-15T11:00:00Z', 7200000000, 0, 0, 0
+         FROM tasks t JOIN machines m ON m.id = t.machine_id WHERE m.name = 'azure-b'",
+    )
+    .execute(&mut connection)
+    .await
+    .expect("usage");
+    let policy = CostPolicy { mode: AllocationMode::MaxRequestUsage, idle: IdlePolicy::Report };
+    store.set_cost_policy("test", policy).await.expect("policy");
+    assert_eq!(store.cost_policy().await.expect("policy"), policy);
+    assert_eq!(store.meter(now).await.expect("meter"), Some(1), "Nov 15 is not final yet");
+    let rows = store.cost_report(&azure).await.expect("azure by day");
+    assert!((165_098..=165_099).contains(&rows[0].allocated_micros), "{rows:?}");
+    assert_eq!(rows[0].allocated_micros + rows[0].idle_micros, 400_000);
+    let rows = store.utilization_report(&azure).await.expect("utilization");
+    assert_eq!(rows[0].cpu_used_core_hours, 2.0);
 }
 
 #[tokio::test]
@@ -439,6 +464,24 @@ async fn the_reports_api_answers_json_and_csv_per_role_and_names_bad_parameters(
     );
     let (status, body) = get(&base, &admin, "/v1/reports/budgets?by=provider").await;
     assert_eq!(status, 400, "{body}");
+
+    // The cost policy: everyone reads it, admins change it.
+    let (status, body) = get(&base, &finance, "/v1/cost-policy").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"allocation":"request","share_idle":false}"#));
+    let set = |token: &str, body: serde_json::Value| {
+        reqwest::Client::new().put(format!("{base}/v1/cost-policy")).bearer_auth(token.to_string()).json(&body).send()
+    };
+    let policy = serde_json::json!({"allocation": "max-request-usage", "share_idle": true});
+    assert_eq!(set(&finance, policy.clone()).await.expect("put").status(), 403);
+    let refused = set(&admin, serde_json::json!({"allocation": "usage", "share_idle": true})).await.expect("put");
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.expect("body").contains("allocation: "));
+    assert_eq!(
+        set(&admin, policy.clone()).await.expect("put").json::<serde_json::Value>().await.expect("json"),
+        policy
+    );
+    let events = store.events(None, 5).await.expect("events");
+    assert!(events.iter().any(|e| e.kind == "settings.cost_policy" && e.detail["share_idle"] == true));
 }
 
 #[tokio::test]

@@ -122,6 +122,15 @@ enum Command {
     /// Team budgets (admin).
     #[command(subcommand)]
     Budget(reports::BudgetCommand),
+    /// How each machine's cost is divided among its tasks: show it, or change it (admin).
+    CostPolicy {
+        /// request, or max-request-usage (per resource, the larger of request and measured use).
+        #[arg(long)]
+        allocation: Option<String>,
+        /// Spread idle cost over the tasks instead of reporting it as idle.
+        #[arg(long)]
+        share_idle: Option<bool>,
+    },
     /// Portability policies: residency, portability, concentration, budget, spot.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -337,6 +346,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Hosts(command) => hosts::run(&client, command, json).await,
         Command::Report(command) => reports::run(&client, command, json).await,
         Command::Budget(command) => reports::budget(&client, command, json).await,
+        Command::CostPolicy { allocation, share_idle } => {
+            reports::cost_policy(&client, allocation, share_idle, json).await
+        }
         Command::Policy(command) => policy::run(&client, command, json).await,
         Command::Provider(command) => provider::run(&client, command, json).await,
         Command::Token { name, role, team } => {

@@ -1,6 +1,6 @@
-//! `canopy report cost|utilization|savings|budgets` and `canopy budget set|remove`: the
-//! finance reports (a table, `--output json`, or `--csv` as the API exports it) and team
-//! budgets. The global `--team` limits a report to one team (admins; others see their own).
+//! `canopy report cost|utilization|savings|budgets`, `canopy budget set|remove` and
+//! `canopy cost-policy`: the finance reports (a table, `--output json`, or `--csv` as the API
+//! exports it), team budgets, and how machine cost is divided. The global `--team` limits a report to one team (admins; others see their own).
 
 use super::client::Client;
 use super::print;
@@ -173,4 +173,30 @@ fn table(name: &str, report: &Value) -> String {
     }
     text.push_str(&table.to_string());
     text
+}
+
+/// Shows the cost policy, or changes the parts given (admin).
+pub async fn cost_policy(
+    client: &Client,
+    allocation: Option<String>,
+    share_idle: Option<bool>,
+    json: bool,
+) -> Result<()> {
+    let mut policy: Value = client.get("/v1/cost-policy").await?;
+    if allocation.is_some() || share_idle.is_some() {
+        if let Some(allocation) = allocation {
+            policy["allocation"] = Value::String(allocation);
+        }
+        if let Some(share_idle) = share_idle {
+            policy["share_idle"] = Value::Bool(share_idle);
+        }
+        policy = client.put("/v1/cost-policy", &policy).await?;
+    }
+    print(json, &policy, || {
+        format!(
+            "allocation: {}\nshare idle: {}\n",
+            policy["allocation"].as_str().unwrap_or_default(),
+            policy["share_idle"].as_bool().unwrap_or_default()
+        )
+    })
 }

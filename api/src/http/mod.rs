@@ -8,6 +8,7 @@ mod admin;
 mod agent;
 mod apps;
 mod budgets;
+mod cost_policy;
 pub mod entry;
 mod error;
 mod hosts;
@@ -54,7 +55,8 @@ pub fn router(state: AppState) -> Router {
         .merge(agent::router())
         .merge(reports::router())
         .merge(budgets::router())
-        .merge(providers::router());
+        .merge(providers::router())
+        .merge(cost_policy::router());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))

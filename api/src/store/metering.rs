@@ -177,6 +177,47 @@ impl Store {
     }
 }
 
+impl CostPolicy {
+    /// `request` or `max-request-usage`.
+    pub fn allocation_name(&self) -> &'static str {
+        match self.mode {
+            AllocationMode::Request => "request",
+            AllocationMode::MaxRequestUsage => "max-request-usage",
+        }
+    }
+
+    pub fn share_idle(&self) -> bool {
+        self.idle == IdlePolicy::ShareBack
+    }
+}
+
+impl Store {
+    /// How machine cost is divided now.
+    pub async fn cost_policy(&self) -> Result<CostPolicy> {
+        let mut tx = self.begin().await?;
+        let policy = cost_policy(&mut tx).await?;
+        tx.commit().await?;
+        Ok(policy)
+    }
+
+    /// Changes how machine cost is divided, recording `settings.cost_policy`. It applies to the
+    /// days metered from now on: today (and yesterday in its hour of grace) are recomputed with
+    /// it; final days keep what they were metered with.
+    #[tracing::instrument(skip_all)]
+    pub async fn set_cost_policy(&self, actor: &str, policy: CostPolicy) -> Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("UPDATE settings SET cost_allocation = $1, cost_share_idle = $2")
+            .bind(policy.allocation_name())
+            .bind(policy.share_idle())
+            .execute(&mut *tx)
+            .await?;
+        let detail = serde_json::json!({"allocation": policy.allocation_name(), "share_idle": policy.share_idle()});
+        super::record(&mut tx, actor, "settings.cost_policy", "cost-policy", None, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 pub(super) async fn cost_policy(tx: &mut Transaction<'static, Postgres>) -> Result<CostPolicy> {
     let (allocation, share_idle): (String, bool) =
         sqlx::query_as("SELECT cost_allocation, cost_share_idle FROM settings").fetch_one(&mut **tx).await?;

@@ -141,6 +141,7 @@ async fn openapi_document_lists_every_route() -> anyhow::Result<()> {
         "/v1/reports/savings",
         "/v1/reports/budgets",
         "/v1/teams/{team}/budget",
+        "/v1/cost-policy",
         "/healthz",
     ] {
         assert!(paths.contains_key(path), "{path} is not documented");
