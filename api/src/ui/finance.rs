@@ -189,21 +189,30 @@ pub struct UtilizationLine {
     pub memory_requested: String,
     pub memory_used: String,
     pub memory_used_of_requested: String,
+    /// Requested over the machines' capacity ("-" where the capacity is not in the rows: a
+    /// team's share of a machine has none).
+    pub cpu_requested_of_capacity: String,
+    pub memory_requested_of_capacity: String,
 }
 
-fn utilization_lines(rows: &[UtilizationRow]) -> Vec<UtilizationLine> {
+/// The utilization rows as table lines, named by `name`; rows it names `None` are left out.
+fn utilization_lines(
+    rows: &[UtilizationRow],
+    name: impl Fn(&UtilizationRow) -> Option<String>,
+) -> Vec<UtilizationLine> {
     let ratio = |value: Option<f64>| value.map_or_else(|| "-".into(), |v| format!("{:.0}%", v * 100.0));
     rows.iter()
-        // Idle rows carry only capacity: the figures above show idle in money.
-        .filter(|r| r.group.team.is_some())
-        .map(|r| UtilizationLine {
-            name: r.group.team.clone().unwrap_or_default(),
+        .filter_map(|r| name(r).map(|name| (name, r)))
+        .map(|(name, r)| UtilizationLine {
+            name,
             cpu_requested: format!("{:.1}", r.cpu_requested_core_hours),
             cpu_used: format!("{:.1}", r.cpu_used_core_hours),
             cpu_used_of_requested: ratio(r.cpu_used_of_requested()),
             memory_requested: format!("{:.1}", r.memory_requested_gib_hours),
             memory_used: format!("{:.1}", r.memory_used_gib_hours),
             memory_used_of_requested: ratio(r.memory_used_of_requested()),
+            cpu_requested_of_capacity: ratio(r.cpu_requested_of_capacity()),
+            memory_requested_of_capacity: ratio(r.memory_requested_of_capacity()),
         })
         .collect()
 }
@@ -242,6 +251,8 @@ pub struct Reports {
     pub by_month: Vec<CostRow>,
     /// The month, by team.
     pub utilization: Vec<UtilizationRow>,
+    /// The month, by provider.
+    pub utilization_by_provider: Vec<UtilizationRow>,
     /// The month by team, against the cheapest single provider on demand.
     pub savings: Savings,
     /// The month's budgets (teams that have one).
@@ -375,14 +386,30 @@ pub fn costs_page(session: &Session, selection: &Selection, teams: &[String], re
     context.insert("month_chart", &month_chart);
     context.insert("team_lines", &cost_lines(&reports.by_team, total, team_name));
     context.insert("provider_lines", &cost_lines(&reports.by_team, total, provider_name));
-    context.insert("utilization", &utilization_lines(&reports.utilization));
+    // Idle rows (no team) carry only capacity: the figures above show idle in money.
+    context.insert(
+        "utilization_tables",
+        &serde_json::json!([
+            {
+                "by": "team",
+                "heading": "Team",
+                "lines": utilization_lines(&reports.utilization, |r| r.group.team.clone()),
+                "csv": csv("utilization", "team", false),
+            },
+            {
+                "by": "provider",
+                "heading": "Provider",
+                "lines": utilization_lines(&reports.utilization_by_provider, |r| r.group.provider.clone()),
+                "csv": csv("utilization", "provider", false),
+            },
+        ]),
+    );
     context.insert(
         "csv",
         &serde_json::json!({
             "team": csv("cost", "team,provider", false),
             "app": csv("cost", "app,provider", false),
             "month": csv("cost", "month,provider", true),
-            "utilization": csv("utilization", "team", false),
             "savings": csv("savings", "team", false),
             "budgets": csv("budgets", "team", false),
         }),
@@ -434,6 +461,7 @@ pub async fn costs(
             .cost_report(&query(&[Dimension::Month, Dimension::Provider], selection.trend_start())?)
             .await?,
         utilization: state.store.utilization_report(&query(&[Dimension::Team], month)?).await?,
+        utilization_by_provider: state.store.utilization_report(&query(&[Dimension::Provider], month)?).await?,
         savings: state
             .store
             .savings_report(&query(&[Dimension::Team], month)?, crate::prices::shipped_catalog())
