@@ -215,8 +215,9 @@ fn ratio(part: f64, whole: f64) -> Option<f64> {
 }
 
 /// What one group cost, and what the same machine-time would have cost on `baseline_provider`
-/// on demand (each machine replaced by that provider's cheapest on-demand offering with at
-/// least its cpu and memory, in any region), shared among tasks and idle like the actual cost.
+/// on demand (each machine replaced by that provider's cheapest amd64 on-demand offering with
+/// at least its cpu and memory, in the regions the pool used that provider, else any), shared
+/// among tasks and idle like the actual cost.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SavingsRow {
     #[serde(flatten)]
@@ -310,7 +311,14 @@ impl Store {
         .bind(query.to)
         .fetch_all(&self.pool)
         .await?;
-        let Some((provider, prices)) = cheapest_single_provider(&shapes, catalog) else {
+        let used: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT provider, region FROM machine_days WHERE day >= $1 AND day < $2 ORDER BY 1, 2",
+        )
+        .bind(query.from)
+        .bind(query.to)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some((provider, prices)) = cheapest_single_provider(&shapes, &used, catalog) else {
             return Ok(Savings { baseline_provider: None, rows: Vec::new() });
         };
         let (select, group) = query.group_sql();
@@ -354,11 +362,23 @@ type ShapeAmount = (i64, i64, i64);
 
 /// The cloud provider of `catalog` whose cheapest fitting on-demand offerings would have cost
 /// least for `shapes` (milli-cpu, bytes, milliseconds used), with its hourly price per shape.
-/// Ties go to the provider named first.
-fn cheapest_single_provider(shapes: &[ShapeAmount], catalog: &Catalog) -> Option<(String, Vec<ShapeAmount>)> {
+/// Only amd64 offerings count, and for a provider the pool used, only the regions it used
+/// (`used`: provider, region), so the baseline is the same workloads where they ran, not a
+/// price outlier on another continent. Ties go to the provider named first.
+fn cheapest_single_provider(
+    shapes: &[ShapeAmount],
+    used: &[(String, String)],
+    catalog: &Catalog,
+) -> Option<(String, Vec<ShapeAmount>)> {
     let mut providers: BTreeMap<&str, Vec<&canopy_core::schedule::Offering>> = BTreeMap::new();
-    for offering in catalog.offerings.iter().filter(|o| !o.sunk) {
+    for offering in catalog.offerings.iter().filter(|o| !o.sunk && o.arch() == "amd64") {
         providers.entry(offering.provider.as_str()).or_default().push(offering);
+    }
+    for (provider, offerings) in providers.iter_mut() {
+        let regions: Vec<&str> = used.iter().filter(|(p, _)| p == provider).map(|(_, r)| r.as_str()).collect();
+        if offerings.iter().any(|o| regions.contains(&o.region.as_str())) {
+            offerings.retain(|o| regions.contains(&o.region.as_str()));
+        }
     }
     let mut best: Option<(u128, String, Vec<ShapeAmount>)> = None;
     for (provider, offerings) in providers {
@@ -399,24 +419,33 @@ mod tests {
 
     #[test]
     fn the_cheapest_single_provider_must_fit_every_shape() {
+        let in_region = |o: Offering, region: &str| Offering { region: region.into(), ..o };
         let catalog = Catalog {
             offerings: vec![
                 offering("aws", 2000, 4, 100),
                 offering("aws", 8000, 32, 1000),
                 offering("azure", 2000, 8, 90),
                 offering("azure", 4000, 16, 150),
+                // Elsewhere than where the pool runs azure, or not amd64: not the baseline.
+                in_region(offering("azure", 4000, 16, 10), "far"),
+                Offering { arch: "arm64".into(), ..offering("azure", 4000, 16, 20) },
                 offering("cheap", 2000, 4, 1),
                 Offering { sunk: true, ..offering("owned", 64000, 256, 0) },
             ],
         };
-        // Two hours of a 2-cpu/4-GiB machine, one hour of a 4-cpu/16-GiB one.
+        // Two hours of a 2-cpu/4-GiB machine, one hour of a 4-cpu/16-GiB one; the pool ran
+        // azure machines in region "" only.
         let shapes = [(2000, 4 << 30, 7_200_000), (4000, 16 << 30, 3_600_000)];
+        let used = [("azure".to_string(), String::new())];
         // aws 2 x 100 + 1000 = 1200; azure 2 x 90 + 150 = 330; cheap cannot fit the second;
         // owned capacity is no baseline.
-        let (provider, prices) = cheapest_single_provider(&shapes, &catalog).expect("a provider");
+        let (provider, prices) = cheapest_single_provider(&shapes, &used, &catalog).expect("a provider");
         assert_eq!(provider, "azure");
         assert_eq!(prices, vec![(2000, 4 << 30, 90), (4000, 16 << 30, 150)]);
-        assert_eq!(cheapest_single_provider(&[(128_000, 1, 1)], &catalog), None);
+        // Unused by the pool: any region.
+        let (_, prices) = cheapest_single_provider(&shapes, &[], &catalog).expect("a provider");
+        assert_eq!(prices[1], (4000, 16 << 30, 10));
+        assert_eq!(cheapest_single_provider(&[(128_000, 1, 1)], &used, &catalog), None);
     }
 
     #[test]
