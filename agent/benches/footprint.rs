@@ -121,6 +121,9 @@ fn sleeper() -> TaskAssignment {
         restart: RestartSpec::default(),
         stop_grace_ms: 1000,
         logs: Default::default(),
+        artifacts: vec![],
+        image: None,
+        image_auth: None,
     }
 }
 

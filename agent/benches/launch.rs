@@ -57,7 +57,8 @@ async fn measure_canopy() -> (Vec<f64>, Vec<f64>) {
         let paths = TaskPaths::new(&state, &parent, &assignment.task_id);
         let env = launch::environment(&assignment, "127.0.0.1", &BTreeMap::new());
         let started = Instant::now();
-        let (mut child, cgroup) = launch::launch(&cgroups, &paths, &assignment, &env).expect("launch");
+        let invocation = launch::Invocation { program: &assignment.command, args: &assignment.args };
+        let (mut child, cgroup) = launch::launch(&cgroups, &paths, &assignment, &invocation, &env).expect("launch");
         let launched = started.elapsed();
         let pid = child.id().expect("pid");
         assert!(cgroup.pids().contains(&pid) || !launch::alive(pid), "process {pid} is in its cgroup");
@@ -89,6 +90,9 @@ fn assignment() -> TaskAssignment {
         restart: RestartSpec::default(),
         stop_grace_ms: 1000,
         logs: Default::default(),
+        artifacts: vec![],
+        image: None,
+        image_auth: None,
     }
 }
 

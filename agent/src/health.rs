@@ -4,12 +4,14 @@ use canopy_core::spec::{HealthCheck, ProbeKind};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Runs one probe; `Ok(())` is healthy, the error says why not.
+/// Runs one probe; `Ok(())` is healthy, the error says why not. A command probe runs behind
+/// `wrap` (the OCI runtime's `exec` into an image task's container) when it is not empty.
 pub async fn probe(
     check: &HealthCheck,
     address: &str,
     ports: &BTreeMap<String, u16>,
     client: &reqwest::Client,
+    wrap: &[String],
 ) -> Result<(), String> {
     let timeout = check.timeout.as_std();
     let port = || {
@@ -40,7 +42,7 @@ pub async fn probe(
             }
         }
         ProbeKind::Command => {
-            let argv = check.command.as_deref().unwrap_or_default();
+            let argv: Vec<String> = wrap.iter().chain(check.command.iter().flatten()).cloned().collect();
             let (program, args) = argv.split_first().ok_or("empty health command")?;
             let mut child = tokio::process::Command::new(program)
                 .args(args)

@@ -71,12 +71,19 @@ pub fn environment(
     env
 }
 
+/// What a task's process executes: its own command, or the OCI runtime running its container.
+pub struct Invocation<'a> {
+    pub program: &'a str,
+    pub args: &'a [String],
+}
+
 /// Creates the task's cgroup and starts its process inside it. When this returns, the
 /// process has exec'd (or the error says why not).
 pub fn launch(
     cgroups: &Cgroups,
     paths: &TaskPaths,
     assignment: &TaskAssignment,
+    invocation: &Invocation<'_>,
     env: &BTreeMap<String, String>,
 ) -> Result<(tokio::process::Child, Cgroup), LaunchError> {
     let sandbox_err = |source| LaunchError::Sandbox { path: paths.sandbox.clone(), source };
@@ -92,9 +99,9 @@ pub fn launch(
     let stdout = open_log("stdout").map_err(sandbox_err)?;
     let stderr = open_log("stderr").map_err(sandbox_err)?;
 
-    let mut command = tokio::process::Command::new(&assignment.command);
+    let mut command = tokio::process::Command::new(invocation.program);
     command
-        .args(&assignment.args)
+        .args(invocation.args)
         .env_clear()
         .envs(env)
         .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()))
@@ -114,7 +121,8 @@ pub fn launch(
             join.join_self()
         });
     }
-    let child = command.spawn().map_err(|source| LaunchError::Spawn { command: assignment.command.clone(), source })?;
+    let child =
+        command.spawn().map_err(|source| LaunchError::Spawn { command: invocation.program.to_string(), source })?;
     Ok((child, cgroup))
 }
 

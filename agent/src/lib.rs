@@ -7,17 +7,24 @@
 //! and keeps no state the control service does not also have, except what re-adoption needs.
 
 pub mod api;
+pub mod artifacts;
 pub mod cgroup;
 pub mod control;
+pub mod fetch;
 pub mod health;
+pub mod image;
 pub mod launch;
 pub mod logs;
 pub mod meter;
+pub mod prepare;
 pub mod supervisor;
 
+use artifacts::ArtifactCache;
 use canopy_core::Resources;
 use canopy_core::wire::{HeartbeatRequest, JoinRequest, PROTOCOL_VERSION};
 use control::{ControlClient, Credentials};
+use image::ImageStore;
+use image::runtime::OciRuntime;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -34,6 +41,12 @@ pub struct AgentConfig {
     pub capacity: Resources,
     pub labels: BTreeMap<String, String>,
     pub cgroup_parent: PathBuf,
+    /// Budgets of the artifact cache and the image store, and how long an unused entry stays.
+    pub artifact_cache_bytes: u64,
+    pub image_store_bytes: u64,
+    pub cache_max_age: Duration,
+    /// The OCI runtime binary; detected (crun, else runc) when unset.
+    pub oci_runtime: Option<PathBuf>,
 }
 
 /// Runs the agent until `shutdown` resolves. Tasks are left running on shutdown: an agent
@@ -47,6 +60,12 @@ pub async fn run(
     std::fs::create_dir_all(config.state_dir.join("tasks"))?;
     let endpoint = listener.local_addr()?.to_string();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let fetch_http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()?;
+    let runtime = OciRuntime::detect(config.oci_runtime.as_deref(), config.state_dir.join("oci"));
+    let agent_token = Arc::new(RwLock::new(None));
     let control = ControlClient::new(http.clone(), &config.control_url);
     let control_key = Arc::new(RwLock::new(None));
     let api_state = api::ApiState { state_dir: config.state_dir.clone(), control_key: control_key.clone() };
@@ -57,12 +76,27 @@ pub async fn run(
         state_dir: config.state_dir.clone(),
         address: config.address.clone(),
         http,
+        fetch_http,
+        artifacts: ArtifactCache {
+            dir: config.state_dir.join("cache").join("artifacts"),
+            max_bytes: config.artifact_cache_bytes,
+            max_age: config.cache_max_age,
+        },
+        images: ImageStore {
+            root: config.state_dir.join("images"),
+            max_bytes: config.image_store_bytes,
+            max_age: config.cache_max_age,
+        },
+        runtime,
+        control_url: config.control_url.clone(),
+        agent_token: agent_token.clone(),
         cgroups,
         ended: tokio::sync::Notify::new(),
     });
     let mut supervisor = Supervisor::new(ctx.clone());
     let adopted = supervisor.adopt_existing();
-    tracing::info!(name = %config.name, cgroup_version = ctx.cgroups.version(), adopted, %endpoint, "agent started");
+    let oci_runtime = ctx.runtime.as_ref().map(OciRuntime::name);
+    tracing::info!(name = %config.name, cgroup_version = ctx.cgroups.version(), adopted, %endpoint, ?oci_runtime, "agent started");
 
     tokio::pin!(shutdown);
     let mut credentials: Option<Credentials> = Credentials::load(&config.state_dir)?;
@@ -74,6 +108,9 @@ pub async fn run(
         if let Some(creds) = &credentials {
             if let Ok(mut key) = control_key.write() {
                 *key = Some(creds.join.control_key.clone());
+            }
+            if let Ok(mut token) = agent_token.write() {
+                *token = Some(creds.join.agent_token.clone());
             }
             let tasks = supervisor.reports();
             let sent: HashSet<_> = tasks.iter().filter(|t| t.state.is_final()).map(|t| t.task_id).collect();

@@ -1,7 +1,7 @@
 //! `canopy-agent`: run on each machine of the pool.
 
 use canopy_core::Resources;
-use canopy_core::quantity::Bytes;
+use canopy_core::quantity::{Bytes, Millis};
 use clap::Parser;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,6 +40,18 @@ struct Args {
     /// control file in cgroup v1.)
     #[arg(long, default_value = "canopy/workloads")]
     cgroup_parent: PathBuf,
+    /// Size budget of the artifact cache (downloaded files shared by tasks).
+    #[arg(long, default_value = "1Gi", value_parser = |s: &str| Bytes::parse(s))]
+    artifact_cache_size: Bytes,
+    /// Size budget of the image store (layers of images no task runs are evicted beyond it).
+    #[arg(long, default_value = "10Gi", value_parser = |s: &str| Bytes::parse(s))]
+    image_store_size: Bytes,
+    /// How long an unused artifact or image stays cached, e.g. 24h.
+    #[arg(long, default_value = "24h", value_parser = |s: &str| Millis::parse(s))]
+    cache_max_age: Millis,
+    /// OCI runtime for image tasks (default: crun, else runc, from PATH).
+    #[arg(long, env = "CANOPY_OCI_RUNTIME")]
+    oci_runtime: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -69,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         capacity: Resources::new(args.cpu, args.memory.0),
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         cgroup_parent: args.cgroup_parent,
+        artifact_cache_bytes: args.artifact_cache_size.0,
+        image_store_bytes: args.image_store_size.0,
+        cache_max_age: args.cache_max_age.as_std(),
+        oci_runtime: args.oci_runtime,
     };
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -6,18 +6,22 @@
 //! so repeating it is harmless. A record per task on disk lets a restarted agent re-adopt
 //! processes that are still alive instead of starting them twice.
 
+use crate::artifacts::ArtifactCache;
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::health;
-use crate::launch::{self, TaskPaths};
+use crate::image::runtime::{self, OciRuntime};
+use crate::image::{Image, ImageStore};
+use crate::launch::{self, Invocation, TaskPaths};
 use crate::logs;
 use crate::meter::UsageMeter;
+use crate::prepare::{self, PrepareError};
 use canopy_core::spec::RestartPolicy;
 use canopy_core::wire::{ExitStatus, RunState, TaskAssignment, TaskReport};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -31,6 +35,16 @@ pub struct Context {
     /// The address tasks bind to and are reached at.
     pub address: String,
     pub http: reqwest::Client,
+    /// For artifacts and image blobs: no total timeout (large files), but connect and read
+    /// timeouts.
+    pub fetch_http: reqwest::Client,
+    pub artifacts: ArtifactCache,
+    pub images: ImageStore,
+    /// crun or runc, when installed: image tasks need one.
+    pub runtime: Option<OciRuntime>,
+    /// The control service, for uploaded artifacts, and the agent's token once joined.
+    pub control_url: String,
+    pub agent_token: Arc<RwLock<Option<String>>>,
     /// Signalled when a task has ended for good, so the agent reports it without waiting
     /// for the next heartbeat (the slot it held is free sooner).
     pub ended: tokio::sync::Notify,
@@ -51,6 +65,8 @@ struct Status {
     restarts: u32,
     last_exit: Option<ExitStatus>,
     meter: UsageMeter,
+    /// While preparing: what is being fetched.
+    progress: Option<String>,
 }
 
 /// What is kept on disk for re-adoption after an agent restart.
@@ -117,6 +133,7 @@ impl Supervisor {
                 restarts: record.restarts,
                 last_exit: None,
                 meter: UsageMeter::default(),
+                progress: None,
             };
             self.spawn(record.assignment, status, Some(record.pid));
         }
@@ -148,6 +165,7 @@ impl Supervisor {
                     restarts: status.restarts,
                     last_exit: status.last_exit,
                     usage,
+                    progress: status.progress,
                 }
             })
             .collect();
@@ -163,14 +181,16 @@ impl Supervisor {
             if !self.tasks.contains_key(&assignment.task_id) {
                 match allocate_ports(&self.ctx.address, &assignment.ports) {
                     Ok(ports) => {
+                        let preparing = !assignment.artifacts.is_empty() || assignment.image.is_some();
                         let status = Status {
-                            state: RunState::Running,
+                            state: if preparing { RunState::Preparing } else { RunState::Running },
                             pid: None,
                             ports,
                             healthy: None,
                             restarts: 0,
                             last_exit: None,
                             meter: UsageMeter::default(),
+                            progress: None,
                         };
                         self.spawn(assignment, status, None);
                     }
@@ -278,29 +298,43 @@ async fn run_task(
     let ports = lock(&status).ports.clone();
     let env = launch::environment(&assignment, &ctx.address, &ports);
     let mut backoff = assignment.restart.backoff.as_std();
+    // Set once the task's artifacts and image are in place (`Some(None)`: it has no image).
+    let mut prepared: Option<Option<Image>> = None;
     loop {
         let started = Instant::now();
         let (mut process, cgroup) = match adopted.take() {
             Some(pid) => (Process::Adopted(pid), ctx.cgroups.open(&paths.cgroup)),
-            None => match launch::launch(&ctx.cgroups, &paths, &assignment, &env) {
-                Ok((child, cgroup)) => (Process::Child(child), cgroup),
-                Err(error) => {
-                    // A start that fails is a failed run: the restart policy decides.
-                    tracing::warn!(task = %task_id, %error, "task failed to start");
-                    let exit = ExitStatus { code: None, signal: None, oom_killed: false, message: error.to_string() };
-                    let cgroup = ctx.cgroups.open(&paths.cgroup);
-                    if assignment.restart.policy == RestartPolicy::Never {
-                        finish(&status, &paths, &cgroup, RunState::Failed, Some(exit)).await;
+            None => {
+                let attempt = tokio::select! {
+                    attempt = start(&ctx, &assignment, &paths, &env, &status, &mut prepared) => Some(attempt),
+                    _ = stopped(&mut stop) => None,
+                };
+                match attempt {
+                    Some(Ok((child, cgroup))) => (Process::Child(child), cgroup),
+                    None => {
+                        let cgroup = ctx.cgroups.open(&paths.cgroup);
+                        finish(&ctx, &assignment, &status, &paths, &cgroup, RunState::Stopped, None).await;
                         return;
                     }
-                    if !back_off(&status, exit, backoff, &mut stop).await {
-                        finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
-                        return;
+                    Some(Err(error)) => {
+                        // A start that fails is a failed run: the restart policy decides, unless
+                        // trying again cannot help (a checksum mismatch, an unknown image).
+                        tracing::warn!(task = %task_id, error = %error.message, permanent = error.permanent, "task failed to start");
+                        let exit = ExitStatus { code: None, signal: None, oom_killed: false, message: error.message };
+                        let cgroup = ctx.cgroups.open(&paths.cgroup);
+                        if error.permanent || assignment.restart.policy == RestartPolicy::Never {
+                            finish(&ctx, &assignment, &status, &paths, &cgroup, RunState::Failed, Some(exit)).await;
+                            return;
+                        }
+                        if !back_off(&status, exit, backoff, &mut stop).await {
+                            finish(&ctx, &assignment, &status, &paths, &cgroup, RunState::Stopped, None).await;
+                            return;
+                        }
+                        backoff = (backoff * 2).min(assignment.restart.max_backoff.as_std());
+                        continue;
                     }
-                    backoff = (backoff * 2).min(assignment.restart.max_backoff.as_std());
-                    continue;
                 }
-            },
+            }
         };
         let pid = match &process {
             Process::Child(child) => child.id(),
@@ -327,7 +361,7 @@ async fn run_task(
         let mut exit = match outcome {
             Outcome::Stop => {
                 stop_gracefully(&cgroup, &mut process, pid, Duration::from_millis(assignment.stop_grace_ms)).await;
-                finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
+                finish(&ctx, &assignment, &status, &paths, &cgroup, RunState::Stopped, None).await;
                 tracing::info!(task = %task_id, "task stopped");
                 return;
             }
@@ -359,18 +393,49 @@ async fn run_task(
         };
         if !restart {
             let state = if exit.success() { RunState::Exited } else { RunState::Failed };
-            finish(&status, &paths, &cgroup, state, Some(exit)).await;
+            finish(&ctx, &assignment, &status, &paths, &cgroup, state, Some(exit)).await;
             return;
         }
         if started.elapsed() > Duration::from_secs(30) {
             backoff = assignment.restart.backoff.as_std();
         }
         if !back_off(&status, exit, backoff, &mut stop).await {
-            finish(&status, &paths, &cgroup, RunState::Stopped, None).await;
+            finish(&ctx, &assignment, &status, &paths, &cgroup, RunState::Stopped, None).await;
             return;
         }
         backoff = (backoff * 2).min(assignment.restart.max_backoff.as_std());
     }
+}
+
+/// Prepares the task the first time (artifacts, image), then starts its process: its own
+/// command, or the OCI runtime running its container.
+async fn start(
+    ctx: &Context,
+    assignment: &TaskAssignment,
+    paths: &TaskPaths,
+    env: &BTreeMap<String, String>,
+    status: &Mutex<Status>,
+    prepared: &mut Option<Option<Image>>,
+) -> Result<(tokio::process::Child, Cgroup), PrepareError> {
+    if prepared.is_none() {
+        let progress = |line: String| lock(status).progress = Some(line);
+        *prepared = Some(prepare::prepare(ctx, assignment, paths, &progress).await?);
+        lock(status).progress = None;
+    }
+    let launch_err = |e: launch::LaunchError| PrepareError { message: e.to_string(), permanent: false };
+    let (Some(image), Some(runtime)) = (prepared.as_ref().and_then(Option::as_ref), &ctx.runtime) else {
+        let invocation = Invocation { program: &assignment.command, args: &assignment.args };
+        return launch::launch(&ctx.cgroups, paths, assignment, &invocation, env).map_err(launch_err);
+    };
+    let container = assignment.task_id.to_string();
+    // What an earlier run of this task left (the runtime's record of it) goes first.
+    runtime.remove(paths, &container).await;
+    let argv = runtime::argv(&image.config, &assignment.command, &assignment.args);
+    runtime::prepare_bundle(paths, image, &argv, env, &assignment.app)?;
+    let program = runtime.binary.display().to_string();
+    let args = runtime.run_args(paths, &container);
+    let invocation = Invocation { program: &program, args: &args };
+    launch::launch(&ctx.cgroups, paths, assignment, &invocation, &BTreeMap::new()).map_err(launch_err)
 }
 
 /// Records a run that ended and waits out the restart backoff. False when the task was
@@ -410,10 +475,17 @@ async fn watch_health(
     status: &Mutex<Status>,
 ) -> String {
     let Some(check) = &assignment.health else { return std::future::pending().await };
+    // A command check of an image task runs inside its container.
+    let wrap: Vec<String> = match (&assignment.image, &ctx.runtime) {
+        (Some(_), Some(runtime)) => std::iter::once(runtime.binary.display().to_string())
+            .chain(runtime.exec_args(&assignment.task_id.to_string(), &[]))
+            .collect(),
+        _ => Vec::new(),
+    };
     let started = Instant::now();
     let mut failures = 0;
     loop {
-        match health::probe(check, &ctx.address, ports, &ctx.http).await {
+        match health::probe(check, &ctx.address, ports, &ctx.http, &wrap).await {
             Ok(()) => {
                 failures = 0;
                 lock(status).healthy = Some(true);
@@ -454,7 +526,15 @@ async fn stop_gracefully(cgroup: &Cgroup, process: &mut Process, pid: Option<u32
 
 /// Records the final state, removes the task's record and its (emptied) cgroup, and marks the
 /// task ended for log followers. Logs stay.
-async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, state: RunState, exit: Option<ExitStatus>) {
+async fn finish(
+    ctx: &Context,
+    assignment: &TaskAssignment,
+    status: &Mutex<Status>,
+    paths: &TaskPaths,
+    cgroup: &Cgroup,
+    state: RunState,
+    exit: Option<ExitStatus>,
+) {
     for _ in 0..50 {
         if cgroup.pids().is_empty() {
             break;
@@ -465,6 +545,9 @@ async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, stat
     // The cgroup's counters go with it: take the last reading first.
     let reading = cgroup.usage();
     lock(status).meter.sample(Instant::now(), reading);
+    if let (Some(_), Some(runtime)) = (&assignment.image, &ctx.runtime) {
+        runtime.remove(paths, &assignment.task_id.to_string()).await;
+    }
     if let Err(error) = cgroup.remove() {
         tracing::warn!(%error, "cannot remove task cgroup");
     }
@@ -475,6 +558,7 @@ async fn finish(status: &Mutex<Status>, paths: &TaskPaths, cgroup: &Cgroup, stat
     let mut s = lock(status);
     s.state = state;
     s.pid = None;
+    s.progress = None;
     if exit.is_some() {
         s.last_exit = exit;
     }

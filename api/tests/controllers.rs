@@ -75,6 +75,7 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
         restarts: 0,
         last_exit: None,
         usage: Usage::default(),
+        progress: None,
     };
     store.heartbeat(machine, &heartbeat(vec![report.clone()]), 1000).await.expect("heartbeat");
 
@@ -105,6 +106,7 @@ async fn a_silent_machine_is_lost_and_a_late_report_does_not_revive_its_tasks() 
         restarts: 2,
         last_exit: Some(exit),
         usage: Usage::default(),
+        progress: None,
     };
     store.heartbeat(machine, &heartbeat(vec![failed]), 1000).await.expect("heartbeat");
     let app = store.app(canopy_api::auth::Scope::Team(team), "web").await.expect("app");
@@ -127,6 +129,7 @@ async fn run_desired(store: &Store, machine: uuid::Uuid) -> Vec<uuid::Uuid> {
             restarts: 0,
             last_exit: None,
             usage: Usage::default(),
+            progress: None,
         })
         .collect();
     store.heartbeat(machine, &request(reports), 1000).await.expect("heartbeat");

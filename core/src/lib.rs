@@ -5,9 +5,11 @@
 //! I/O: no async runtime, no database, no HTTP, no clock and no random source. Time and seeds
 //! are parameters, so every decision is reproducible in tests and benchmarks.
 
+pub mod artifact;
 pub mod cost;
 pub mod cron;
 pub mod dag;
+pub mod image;
 pub mod policy;
 pub mod quantity;
 pub mod resources;

@@ -4,6 +4,8 @@
 //! names the field it concerns (`resources.memory: ...`) so the CLI and the API can say exactly
 //! what is wrong. Unknown fields are refused rather than ignored.
 
+use crate::artifact::ArtifactSpec;
+use crate::image::{ImageAuth, ImageReference};
 use crate::quantity::{Bytes, Millis};
 use crate::resources::Resources;
 use crate::schedule::Constraints;
@@ -17,9 +19,23 @@ pub const MAX_INSTANCES: u32 = 1000;
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     pub name: String,
+    /// The program to run. With an `image` it may be left out: the image's entrypoint and
+    /// command run then (`args`, when given, replace the image's command).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub command: String,
     #[serde(default)]
     pub args: Vec<String>,
+    /// An OCI image to run the task in (`registry.example/app:1.2`), pulled by the agent and
+    /// run by an OCI runtime under the same cgroup limits as a process. Left out of the
+    /// serialized form when absent, for the same reason as `placement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Credentials for the image's registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_auth: Option<ImageAuth>,
+    /// Files fetched into the task's sandbox before it starts, checksums verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactSpec>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     /// The workload's own labels (`team`-independent names such as `env = "prod"`): what a
@@ -635,8 +651,20 @@ impl AppSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name("name", &self.name)?;
-        if self.command.trim().is_empty() {
-            return Err(SpecError::new("command", "must not be empty"));
+        match &self.image {
+            Some(image) => {
+                ImageReference::parse(image).map_err(|message| SpecError::new("image", message))?;
+            }
+            None if self.command.trim().is_empty() => {
+                return Err(SpecError::new("command", "must not be empty (or give an image to run)"));
+            }
+            None if self.image_auth.is_some() => {
+                return Err(SpecError::new("image_auth", "is only used with an image"));
+            }
+            None => {}
+        }
+        for (index, artifact) in self.artifacts.iter().enumerate() {
+            artifact.validate(&format!("artifacts[{index}]"))?;
         }
         for key in self.env.keys() {
             let valid = !key.is_empty()

@@ -5,6 +5,8 @@
 //! level-triggered, so a lost message is repaired by the next one. Versioned by
 //! `PROTOCOL_VERSION`; the control service refuses versions it does not speak.
 
+use crate::artifact::ArtifactSpec;
+use crate::image::ImageAuth;
 use crate::resources::Resources;
 use crate::spec::{HealthCheck, LogsSpec, RestartSpec};
 use serde::{Deserialize, Serialize};
@@ -73,11 +75,23 @@ pub struct TaskAssignment {
     /// leaves it out and the agent keeps the default limits; an older agent ignores it.
     #[serde(default)]
     pub logs: LogsSpec,
+    /// What the agent fetches before the first start, and the image to run the command in.
+    /// Added like `logs`, without a version change: an older control service leaves them
+    /// out. An older agent would ignore them, so apps that use them need agents of this
+    /// version (which report `preparing`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_auth: Option<ImageAuth>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
+    /// Fetching its artifacts or pulling its image; nothing runs yet (`progress` says how far).
+    Preparing,
     /// Running (healthy or not: see `healthy`).
     Running,
     /// Ended and waiting for its restart backoff.
@@ -109,6 +123,9 @@ pub struct TaskReport {
     /// How the last run ended, if it has.
     pub last_exit: Option<ExitStatus>,
     pub usage: Usage,
+    /// While `preparing`: what is being fetched and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

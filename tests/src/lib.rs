@@ -2,6 +2,8 @@
 //! free port, machines in their own cgroup slices), torn down even when the test fails.
 
 pub mod browser;
+pub mod files;
+pub mod registry;
 
 use anyhow::{Context, Result, bail};
 use canopy_core::Resources;
@@ -368,6 +370,11 @@ fn http_client() -> reqwest::Client {
 impl Api {
     pub fn new(url: &str, token: &str) -> Api {
         Api { http: http_client(), url: url.to_string(), token: Some(token.to_string()) }
+    }
+
+    /// The token this client sends (for running the CLI as the same user).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     pub fn anonymous(url: &str) -> Api {

@@ -94,6 +94,23 @@ impl Client {
         Ok(())
     }
 
+    /// A GET that answers `None` for 404.
+    pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        let response = self.with_team(self.http.get(self.url(path))).bearer_auth(&self.token).send().await;
+        let response = response.with_context(|| format!("cannot reach the control service at {}", self.base))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        Ok(Some(check(response).await?.json().await?))
+    }
+
+    /// Uploads a file as the body of a PUT: no total timeout, only one for connecting.
+    pub async fn put_file<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T> {
+        let http = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(30)).build()?;
+        self.send(http.put(self.url(path)).header(reqwest::header::CONTENT_TYPE, "application/octet-stream").body(body))
+            .await
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         self.send(self.http.post(self.url(path)).json(body)).await
     }

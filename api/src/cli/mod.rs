@@ -1,5 +1,6 @@
 //! The `canopy` command line: `serve` starts the control service; the rest are clients.
 
+mod artifacts;
 mod client;
 mod hosts;
 mod policy;
@@ -527,7 +528,9 @@ fn read_spec(file: &std::path::Path) -> Result<AppSpec> {
 }
 
 async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout: u64, json: bool) -> Result<()> {
-    let spec = read_spec(file)?;
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text = artifacts::upload_local(client, file, &text, json).await?;
+    let spec = AppSpec::from_toml(&text).with_context(|| format!("{} is not a valid app spec", file.display()))?;
     let path = format!("/v1/apps/{}", spec.name);
     let Deployed { app: applied, warnings } = client.put(&path, &spec).await?;
     let version = applied.summary.version;
@@ -566,8 +569,14 @@ async fn deploy(client: &Client, file: &std::path::Path, no_wait: bool, timeout:
             })
             .collect();
         let old = detail.tasks.iter().filter(|t| t.version != version && t.state == "running").count();
+        // What a task not started yet is doing: waiting for a machine, fetching, pulling.
+        let waiting = current
+            .iter()
+            .find(|t| matches!(t.state.as_str(), "pending" | "assigned") && !t.message.is_empty())
+            .map(|t| format!(" (instance {}: {})", t.instance, t.message))
+            .unwrap_or_default();
         let line = format!(
-            "{}: {}/{} instances running and healthy, {} pending{}",
+            "{}: {}/{} instances running and healthy, {} pending{}{waiting}",
             spec.name,
             healthy.len(),
             detail.summary.instances,

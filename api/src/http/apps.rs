@@ -105,6 +105,13 @@ async fn deploy(
         }
         None => (Binding::default(), String::new(), Vec::new()),
     };
+    let uploaded: Vec<String> = spec.artifacts.iter().filter_map(|a| a.uploaded().map(str::to_string)).collect();
+    if let Some(missing) = state.store.missing_artifacts(&uploaded).await?.first() {
+        let index = spec.artifacts.iter().position(|a| a.uploaded() == Some(missing.as_str())).unwrap_or_default();
+        return Err(ApiError::invalid(format!(
+            "artifacts[{index}].url: canopy:{missing} has not been uploaded (PUT /v1/artifacts/{missing} first)"
+        )));
+    }
     let (app, changed) =
         state.store.apply_app_bound(&caller.actor(), team, &spec, Some((&binding, &portability))).await?;
     tracing::info!(app = %name, version = app.summary.version, changed, "app applied");

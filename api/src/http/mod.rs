@@ -7,6 +7,7 @@
 mod admin;
 mod agent;
 mod apps;
+mod artifacts;
 mod budgets;
 mod cost_policy;
 pub mod entry;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .merge(admin::router())
         .merge(apps::router())
+        .merge(artifacts::router())
         .merge(machines::router())
         .merge(hosts::router())
         .merge(policies::router())

@@ -233,7 +233,12 @@ impl Store {
                 .bind(summary.version)
                 .fetch_one(&self.pool)
                 .await?;
-        let spec = serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+        let mut spec: AppSpec =
+            serde_json::from_value(spec).map_err(|e| StoreError::Corrupt(format!("app {name}: {e}")))?;
+        // Only agents ever get the registry password back.
+        if let Some(auth) = &mut spec.image_auth {
+            auth.password = "<hidden>".into();
+        }
         let tasks = sqlx::query_as::<_, TaskRow>(
             "SELECT k.id, k.version, k.instance, k.state, k.desired, m.name AS machine, m.address, k.pid, k.ports,
                     k.healthy, k.restarts, k.exit_code, k.exit_signal, k.oom_killed, k.message, k.cpu_usec,

@@ -5,6 +5,7 @@
 //! a row type.
 
 mod apps;
+mod artifacts;
 mod assessment;
 pub mod autoscale;
 pub mod budgets;
@@ -23,6 +24,7 @@ mod sessions;
 mod tasks;
 
 pub use apps::{AppDetail, AppSummary, TaskRow};
+pub use artifacts::{ArtifactRow, ArtifactUpload};
 pub use assessment::{LiveSpec, PolicyInputs, Spend, TaskPlace, hours_left_in_month};
 pub use endpoints::Endpoint;
 pub use evacuations::{

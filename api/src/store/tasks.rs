@@ -117,6 +117,8 @@ impl Store {
         Self::meter_reports(tx, machine_id, reports).await?;
         for report in reports {
             let state = match report.state {
+                // Still fetching its artifacts or image: not started yet.
+                RunState::Preparing => TaskState::Assigned,
                 RunState::Running | RunState::Restarting => TaskState::Running,
                 RunState::Exited => TaskState::Exited,
                 RunState::Failed => TaskState::Failed,
@@ -124,6 +126,7 @@ impl Store {
             };
             let exit = report.last_exit.as_ref();
             let message = match (report.state, exit) {
+                (RunState::Preparing, _) => report.progress.clone().unwrap_or_default(),
                 (RunState::Restarting, Some(exit)) => format!("restarting after: {}", exit.message),
                 (_, Some(exit)) if report.state.is_final() => exit.message.clone(),
                 _ => String::new(),
@@ -135,7 +138,7 @@ impl Store {
                         message = CASE WHEN $11 = '' AND desired = 'stop' THEN message ELSE $11 END,
                         cpu_usec = $12, memory_bytes = $13, memory_peak = $14, memory_byte_seconds = $15,
                         memory_sampled_ms = $16,
-                        started_at = COALESCE(started_at, now()),
+                        started_at = CASE WHEN $3 = 'assigned' THEN started_at ELSE COALESCE(started_at, now()) END,
                         finished_at = CASE WHEN $3 IN ('exited', 'failed', 'stopped') THEN now() END
                  WHERE id = $1 AND machine_id = $2 AND state IN ('assigned', 'running')",
             )
@@ -665,5 +668,8 @@ fn assignment(task_id: Uuid, app: String, spec: AppSpec, instance: i32) -> TaskA
         },
         stop_grace_ms: spec.stop_grace.0,
         logs: spec.logs,
+        artifacts: spec.artifacts,
+        image: spec.image,
+        image_auth: spec.image_auth,
     }
 }

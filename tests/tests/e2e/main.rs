@@ -7,6 +7,7 @@ mod deploy;
 mod entry;
 mod evacuate;
 mod failure;
+mod images;
 mod jobs;
 mod logs;
 mod policies;
