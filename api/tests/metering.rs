@@ -303,6 +303,7 @@ async fn heartbeats_add_usage_increases_to_hourly_rows() {
         restarts: 0,
         last_exit: None,
         usage: Usage { cpu_usec, memory_bytes, memory_peak_bytes, memory_byte_seconds, memory_sampled_ms },
+        progress: None,
     };
     const MIB: u64 = 1 << 20;
     for usage in [
