@@ -54,6 +54,7 @@ async fn heartbeat(store: &Store, machine: Uuid, exited: &[Uuid]) -> Vec<Uuid> {
                     message: "exited with status 0".into(),
                 }),
                 usage: Usage::default(),
+                progress: None,
             }
         })
         .collect();
