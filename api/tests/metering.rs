@@ -4,7 +4,8 @@
 #[allow(dead_code)] // Not every test file uses every helper.
 mod common;
 
-use canopy_api::store::{ProviderSpend, Store};
+use canopy_api::store::{Author, ProviderSpend, Store};
+use canopy_core::policy::{Money, PolicyDocument};
 use chrono::{DateTime, Utc};
 use common::TestDb;
 use sqlx::{Connection, PgConnection};
@@ -442,19 +443,20 @@ async fn the_reports_api_answers_json_and_csv_per_role_and_names_bad_parameters(
     let (status, _) = get(&base, "not-a-token", "/v1/reports/cost").await;
     assert_eq!(status, 401);
 
-    // Budgets: set by admins only, read per month.
-    let put = |token: &str, body: serde_json::Value| {
+    // Budgets: a policy's [budget] rule (admins, or red's developers), read per month.
+    let put = |token: &str, budget: serde_json::Value| {
+        let policy = serde_json::json!({"name": "red-budget", "scope": {"team": "red"}, "budget": budget});
         reqwest::Client::new()
-            .put(format!("{base}/v1/teams/red/budget"))
+            .put(format!("{base}/v1/policies/red-budget"))
             .bearer_auth(token.to_string())
-            .json(&body)
+            .json(&policy)
             .send()
     };
     assert_eq!(put(&finance, serde_json::json!({"monthly": "5.00"})).await.expect("put").status(), 403);
     let refused = put(&admin, serde_json::json!({"monthly": "5.00", "webhook_url": "ftp://x"})).await.expect("put");
     assert_eq!(refused.status(), 422);
-    assert!(refused.text().await.expect("body").contains("webhook_url"));
-    assert_eq!(put(&admin, serde_json::json!({"monthly": "5.00"})).await.expect("put").status(), 204);
+    assert!(refused.text().await.expect("body").contains("budget.webhook_url"));
+    assert_eq!(put(&admin, serde_json::json!({"monthly": "5.00"})).await.expect("put").status(), 201);
     // October is over: red spent half of aws-a's first hour (50,000) and forecasts no more.
     let (status, csv) = get(&base, &finance, "/v1/reports/budgets?month=2026-10&format=csv").await;
     assert_eq!(status, 200, "{csv}");
@@ -485,13 +487,28 @@ async fn the_reports_api_answers_json_and_csv_per_role_and_names_bad_parameters(
     assert!(events.iter().any(|e| e.kind == "settings.cost_policy" && e.detail["share_idle"] == true));
 }
 
+/// Applies red's budget policy: `monthly` micros, and the webhook its alerts go to.
+async fn set_budget(store: &Store, monthly: u64, webhook_url: Option<&str>) {
+    let policy = PolicyDocument::from_json(
+        serde_json::json!({
+            "name": "red-budget",
+            "scope": {"team": "red"},
+            "budget": {"monthly": Money(monthly).to_string(), "webhook_url": webhook_url},
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("policy");
+    store.apply_policy("test", Author::Admin, &policy).await.expect("budget");
+}
+
 #[tokio::test]
 async fn a_forecast_crossing_the_budget_is_alerted_once_with_an_event_and_a_webhook() {
     let (db, store) = TestDb::create("canopy_metering").await;
     let (red, _) = fixture(&db, &store).await;
     let now = at("2026-11-15T12:00:00Z");
     // Red: 8,910,000 so far and 150,000/h for the 372 h left = 64,710,000.
-    store.set_budget("test", "red", Some(100_000_000), None).await.expect("budget");
+    set_budget(&store, 100_000_000, None).await;
     assert_eq!(store.check_budgets(now).await.expect("check"), Some(0));
     let rows = store.budget_report(chrono::NaiveDate::from_ymd_opt(2026, 11, 1).expect("day"), Some(red), now).await;
     let row = rows.expect("report").pop().expect("red");
@@ -513,7 +530,7 @@ async fn a_forecast_crossing_the_budget_is_alerted_once_with_an_event_and_a_webh
     let hook = format!("http://{}/hook", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    store.set_budget("test", "red", Some(50_000_000), Some(&hook)).await.expect("budget");
+    set_budget(&store, 50_000_000, Some(&hook)).await;
     assert_eq!(store.check_budgets(now).await.expect("check"), Some(1), "crossed");
     assert_eq!(store.check_budgets(now).await.expect("check"), Some(0), "once per crossing");
     let events = store.events(Some(red), 10).await.expect("events");
@@ -532,9 +549,9 @@ async fn a_forecast_crossing_the_budget_is_alerted_once_with_an_event_and_a_webh
     assert!(received.try_recv().is_err(), "delivered once");
 
     // Back under budget, then over again: a second crossing, a second alert.
-    store.set_budget("test", "red", Some(1_000_000_000), Some(&hook)).await.expect("budget");
+    set_budget(&store, 1_000_000_000, Some(&hook)).await;
     assert_eq!(store.check_budgets(now).await.expect("check"), Some(0));
-    store.set_budget("test", "red", Some(50_000_000), None).await.expect("budget");
+    set_budget(&store, 50_000_000, None).await;
     assert_eq!(store.check_budgets(now).await.expect("check"), Some(1));
 }
 

@@ -87,13 +87,6 @@ impl Client {
         self.send(self.http.put(self.url(path)).json(body)).await
     }
 
-    /// A PUT whose answer has no body (204).
-    pub async fn put_empty<B: Serialize>(&self, path: &str, body: &B) -> Result<()> {
-        let response = self.with_team(self.http.put(self.url(path)).json(body)).bearer_auth(&self.token).send().await;
-        check(response.with_context(|| format!("cannot reach {}", self.base))?).await?;
-        Ok(())
-    }
-
     /// A GET that answers `None` for 404.
     pub async fn get_optional<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         let response = self.with_team(self.http.get(self.url(path))).bearer_auth(&self.token).send().await;

@@ -120,9 +120,6 @@ enum Command {
     /// Finance reports: cost, utilization, savings, budgets.
     #[command(subcommand)]
     Report(reports::ReportCommand),
-    /// Team budgets (admin).
-    #[command(subcommand)]
-    Budget(reports::BudgetCommand),
     /// How each machine's cost is divided among its tasks: show it, or change it (admin).
     CostPolicy {
         /// request, or max-request-usage (per resource, the larger of request and measured use).
@@ -346,7 +343,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Hosts(command) => hosts::run(&client, command, json).await,
         Command::Report(command) => reports::run(&client, command, json).await,
-        Command::Budget(command) => reports::budget(&client, command, json).await,
         Command::CostPolicy { allocation, share_idle } => {
             reports::cost_policy(&client, allocation, share_idle, json).await
         }

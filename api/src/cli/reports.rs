@@ -1,6 +1,6 @@
-//! `canopy report cost|utilization|savings|budgets`, `canopy budget set|remove` and
-//! `canopy cost-policy`: the finance reports (a table, `--output json`, or `--csv` as the API
-//! exports it), team budgets, and how machine cost is divided. The global `--team` limits a report to one team (admins; others see their own).
+//! `canopy report cost|utilization|savings|budgets` and `canopy cost-policy`: the finance
+//! reports (a table, `--output json`, or `--csv` as the API exports it; budgets are set by
+//! policies' `[budget]` rules), and how machine cost is divided. The global `--team` limits a report to one team (admins; others see their own).
 
 use super::client::Client;
 use super::print;
@@ -42,22 +42,6 @@ pub struct ReportArgs {
     csv: bool,
 }
 
-#[derive(clap::Subcommand, Debug)]
-pub enum BudgetCommand {
-    /// Set a team's monthly budget (admin); its alerts go to the event log and, if given, a webhook.
-    Set {
-        team: String,
-        /// Dollars per calendar month (UTC), e.g. 2500.00.
-        #[arg(long)]
-        monthly: String,
-        /// URL POSTed (JSON) once each time the month's forecast crosses the budget.
-        #[arg(long)]
-        webhook_url: Option<String>,
-    },
-    /// Remove a team's budget (admin).
-    Remove { team: String },
-}
-
 pub async fn run(client: &Client, command: ReportCommand, json: bool) -> Result<()> {
     let (name, args) = match command {
         ReportCommand::Cost(args) => ("cost", args),
@@ -78,26 +62,6 @@ pub async fn run(client: &Client, command: ReportCommand, json: bool) -> Result<
     }
     let report: Value = serde_json::from_str(&client.get_text(&path, &query).await?)?;
     print(json, &report, || table(name, &report))
-}
-
-pub async fn budget(client: &Client, command: BudgetCommand, json: bool) -> Result<()> {
-    let (team, body) = match &command {
-        BudgetCommand::Set { team, monthly, webhook_url } => {
-            (team, Some(serde_json::json!({"monthly": monthly, "webhook_url": webhook_url})))
-        }
-        BudgetCommand::Remove { team } => (team, None),
-    };
-    let path = format!("/v1/teams/{team}/budget");
-    match body {
-        Some(body) => {
-            client.put_empty(&path, &body).await?;
-            print(json, &body, || format!("budget of {team} set\n"))
-        }
-        None => {
-            client.delete(&path).await?;
-            print(json, &serde_json::json!({"removed": team}), || format!("budget of {team} removed\n"))
-        }
-    }
 }
 
 fn dollars(value: &Value) -> String {

@@ -8,7 +8,6 @@ mod admin;
 mod agent;
 mod apps;
 mod artifacts;
-mod budgets;
 mod cost_policy;
 pub mod entry;
 mod error;
@@ -56,7 +55,6 @@ pub fn router(state: AppState) -> Router {
         .merge(policies::router())
         .merge(agent::router())
         .merge(reports::router())
-        .merge(budgets::router())
         .merge(providers::router())
         .merge(cost_policy::router());
     Router::new()

@@ -1,7 +1,9 @@
-//! Team budgets: a monthly amount per team (`team_budgets`, until the policy store holds budget
-//! rules), the budget report, and alerts when a team's forecast for the month crosses its
-//! budget: an event, and a webhook POSTed once per crossing from an outbox (`budget_alerts`),
-//! so a crash between deciding and sending loses nothing.
+//! Team budgets: the amount (and webhook) come from the team's policies
+//! ([`canopy_core::policy::team_budget`]: the strictest org- or team-scoped `[budget]`); here
+//! are the budget report, and alerts when a team's forecast for the month crosses its budget:
+//! an event, and a webhook POSTed once per crossing from an outbox (`budget_alerts`), so a
+//! crash between deciding and sending loses nothing. `team_budgets` keeps each team's alert
+//! state.
 //!
 //! The forecast is the month's spend so far plus the current hourly run rate for the rest of
 //! the month, both from [`Store::team_spend`] (the same arithmetic as the policy engine's
@@ -9,6 +11,7 @@
 
 use super::metering::month_start;
 use super::{Result, Store, StoreError, record};
+use canopy_core::policy::team_budget;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -38,11 +41,11 @@ pub struct PendingWebhook {
     pub payload: serde_json::Value,
 }
 
-#[derive(sqlx::FromRow)]
+/// A team with a budget, and its alert state.
 struct BudgetSetting {
     team_id: Uuid,
     name: String,
-    monthly_micros: i64,
+    monthly_micros: u64,
     webhook_url: Option<String>,
     over_month: Option<NaiveDate>,
 }
@@ -59,50 +62,6 @@ pub fn forecast(spent: u64, hourly_rate: u64, now: DateTime<Utc>, month_end: Dat
 }
 
 impl Store {
-    /// Sets (or with `monthly: None`, removes) a team's monthly budget and the webhook its
-    /// alerts are POSTed to, recording `budget.set` / `budget.removed`.
-    #[tracing::instrument(skip_all, fields(team))]
-    pub async fn set_budget(
-        &self,
-        actor: &str,
-        team: &str,
-        monthly_micros: Option<u64>,
-        webhook_url: Option<&str>,
-    ) -> Result<()> {
-        let team_id = self.team_by_name(team).await?.id;
-        let mut tx = self.begin().await?;
-        match monthly_micros {
-            Some(micros) => {
-                let micros = i64::try_from(micros).map_err(|_| StoreError::Invalid("monthly: too large".into()))?;
-                sqlx::query(
-                    "INSERT INTO team_budgets (team_id, monthly_micros, webhook_url) VALUES ($1, $2, $3)
-                     ON CONFLICT (team_id) DO UPDATE SET monthly_micros = $2, webhook_url = $3, over_month = NULL,
-                        updated_at = now()",
-                )
-                .bind(team_id)
-                .bind(micros)
-                .bind(webhook_url)
-                .execute(&mut *tx)
-                .await?;
-                let detail = serde_json::json!({"monthly_micros": micros, "webhook": webhook_url.is_some()});
-                record(&mut tx, actor, "budget.set", team, Some(team_id), detail).await?;
-            }
-            None => {
-                let removed = sqlx::query("DELETE FROM team_budgets WHERE team_id = $1")
-                    .bind(team_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if removed == 0 {
-                    return Err(StoreError::NotFound(format!("team {team:?} has no budget")));
-                }
-                record(&mut tx, actor, "budget.removed", team, Some(team_id), serde_json::json!({})).await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// The budgets of the month starting on `month` (its first day), for one team or all,
     /// sorted by team name.
     #[tracing::instrument(skip_all)]
@@ -128,7 +87,7 @@ impl Store {
                 (self.team_month_total(setting.team_id, month, end.date_naive()).await?, 0)
             };
             let forecast = forecast(spent, rate, now.max(start), end);
-            let budget = setting.monthly_micros.max(0) as u64;
+            let budget = setting.monthly_micros;
             rows.push(BudgetRow {
                 team: setting.name,
                 budget_micros: budget,
@@ -141,15 +100,29 @@ impl Store {
         Ok(rows)
     }
 
+    /// The teams (one or all, by name) that their policies give a budget.
     async fn budget_settings(&self, team: Option<Uuid>) -> Result<Vec<BudgetSetting>> {
-        Ok(sqlx::query_as::<_, BudgetSetting>(
-            "SELECT b.team_id, t.name, b.monthly_micros, b.webhook_url, b.over_month
-             FROM team_budgets b JOIN teams t ON t.id = b.team_id
-             WHERE $1::uuid IS NULL OR b.team_id = $1 ORDER BY t.name",
+        let policies = self.current_policies().await?;
+        let teams: Vec<(Uuid, String, Option<NaiveDate>)> = sqlx::query_as(
+            "SELECT t.id, t.name, b.over_month FROM teams t LEFT JOIN team_budgets b ON b.team_id = t.id
+             WHERE $1::uuid IS NULL OR t.id = $1 ORDER BY t.name",
         )
         .bind(team)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(teams
+            .into_iter()
+            .filter_map(|(team_id, name, over_month)| {
+                let budget = team_budget(&policies, &name)?;
+                Some(BudgetSetting {
+                    team_id,
+                    monthly_micros: budget.monthly.0,
+                    webhook_url: budget.webhook_url.clone(),
+                    name,
+                    over_month,
+                })
+            })
+            .collect())
     }
 
     async fn team_rate(&self, team: Uuid, now: DateTime<Utc>) -> Result<u64> {
@@ -177,16 +150,23 @@ impl Store {
         let month = month_start(now).date_naive();
         let (_, end) = month_bounds(month)?;
         let mut verdicts = Vec::new();
-        for setting in self.budget_settings(None).await? {
+        let settings = self.budget_settings(None).await?;
+        let with_budget: Vec<Uuid> = settings.iter().map(|s| s.team_id).collect();
+        for setting in settings {
             let spend = self.team_spend(setting.team_id, now).await?;
             let spent: u64 = spend.iter().map(|s| s.month_to_date_micros).sum();
             let rate: u64 = spend.iter().map(|s| s.hourly_run_rate_micros).sum();
             verdicts.push((setting, spent, rate, forecast(spent, rate, now, end)));
         }
         let Some(mut tx) = self.begin_leader().await? else { return Ok(None) };
+        // A team whose budget went away starts over: a budget set again alerts afresh.
+        sqlx::query("UPDATE team_budgets SET over_month = NULL WHERE over_month IS NOT NULL AND team_id <> ALL($1)")
+            .bind(&with_budget)
+            .execute(&mut *tx)
+            .await?;
         let mut raised = 0;
         for (setting, spent, rate, forecast) in verdicts {
-            let budget = setting.monthly_micros.max(0) as u64;
+            let budget = setting.monthly_micros;
             let over = forecast > budget;
             let alerted = setting.over_month == Some(month);
             let detail = serde_json::json!({
@@ -198,7 +178,10 @@ impl Store {
                 "forecast_micros": forecast,
             });
             if over && !alerted {
-                sqlx::query("UPDATE team_budgets SET over_month = $2 WHERE team_id = $1")
+                sqlx::query(
+                    "INSERT INTO team_budgets (team_id, over_month) VALUES ($1, $2)
+                     ON CONFLICT (team_id) DO UPDATE SET over_month = $2, updated_at = now()",
+                )
                     .bind(setting.team_id)
                     .bind(month)
                     .execute(&mut *tx)

@@ -93,11 +93,30 @@ pub enum Measure {
     Capacity,
 }
 
-/// The team's monthly budget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The team's monthly budget: the one place a team's budget is set. Reports, the forecast
+/// alert and the UI use the strictest budget of the policies scoped to the whole organisation
+/// or to the team ([`team_budget`]); a label-scoped budget only guards deploys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     pub monthly: Money,
+    /// POSTed (JSON) once each time the team's forecast for the month crosses the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+/// The budget that applies to the whole of team `team`: the smallest `[budget]` among the
+/// policies scoped to the organisation or to that team (on a tie, the first policy's webhook).
+pub fn team_budget<'a>(policies: &'a [PolicyDocument], team: &str) -> Option<&'a Budget> {
+    policies
+        .iter()
+        .filter(|p| match &p.scope {
+            Scope::Org => true,
+            Scope::Team(name) => name == team,
+            Scope::Labels(_) => false,
+        })
+        .filter_map(|p| p.budget.as_ref())
+        .min_by_key(|b| b.monthly)
 }
 
 /// Which kinds of interruptible work may use spot capacity (a field left out has no opinion),
@@ -252,10 +271,16 @@ impl PolicyDocument {
                 return Err(PolicyError::new("concentration.max_share_percent", message));
             }
         }
-        if let Some(budget) = &self.budget
-            && budget.monthly.0 == 0
-        {
-            return Err(PolicyError::new("budget.monthly", "must be more than 0"));
+        if let Some(budget) = &self.budget {
+            if budget.monthly.0 == 0 {
+                return Err(PolicyError::new("budget.monthly", "must be more than 0"));
+            }
+            if let Some(url) = &budget.webhook_url {
+                let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+                if rest.is_none_or(|host| host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace)) {
+                    return Err(PolicyError::new("budget.webhook_url", "must be an http:// or https:// URL"));
+                }
+            }
         }
         if let Some(spot) = &self.spot
             && spot.min_on_demand > MAX_INSTANCES

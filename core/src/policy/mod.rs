@@ -40,7 +40,7 @@ mod places;
 pub use assess::{Assessment, Binding, Placed, ProviderRun, assess, hourly_share};
 pub use document::{
     Budget, Concentration, Enforcement, Measure, Money, PolicyDocument, PolicyError, Portability, Residency, Scope,
-    SpotRule,
+    SpotRule, team_budget,
 };
 pub use evaluate::{Context, Outcome, Rule, Verdict, Verdicts, Workload, applies, evaluate, places};
 pub use places::{Allowed, Places};

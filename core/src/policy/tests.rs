@@ -77,12 +77,30 @@ fn a_complete_document_parses() {
     assert_eq!(residency.providers(), vec![crate::spec::ProviderName::Aws, crate::spec::ProviderName::Azure]);
     assert_eq!(document.portability, Some(Portability { min_providers: 2 }));
     assert_eq!(document.concentration, Some(Concentration { max_share_percent: 60, measure: Measure::Capacity }));
-    assert_eq!(document.budget, Some(Budget { monthly: Money(2_500_500_000) }));
+    assert_eq!(document.budget, Some(Budget { monthly: Money(2_500_500_000), webhook_url: None }));
     assert_eq!(document.spot, Some(SpotRule { services: Some(true), batch: None, min_on_demand: 2 }));
     let org = policy("name = \"eu\"\nscope = \"org\"\n[residency]\nallowed_regions = [\"eu-west-1\"]\n");
     assert_eq!((org.scope, org.enforcement), (Scope::Org, Enforcement::Hard));
     let labels = policy("name = \"prod\"\n[scope]\nlabels = { env = \"prod\" }\n[portability]\nmin_providers = 1\n");
     assert_eq!(labels.scope, Scope::Labels(BTreeMap::from([("env".into(), "prod".into())])));
+}
+
+#[test]
+fn a_team_budget_is_the_strictest_org_or_team_budget() {
+    let budget = |name: &str, scope: &str, monthly: &str| {
+        policy(&format!("name = \"{name}\"\nscope = {scope}\n[budget]\nmonthly = \"{monthly}\"\nwebhook_url = \"http://hooks/{name}\"\n"))
+    };
+    let policies = vec![
+        budget("org", "\"org\"", "900"),
+        budget("payments", "{ team = \"payments\" }", "500"),
+        budget("prod", "{ labels = { env = \"prod\" } }", "10"),
+        policy("name = \"eu\"\nscope = { team = \"search\" }\n[portability]\nmin_providers = 1\n"),
+    ];
+    let of = |team: &str| team_budget(&policies, team).map(|b| (b.monthly, b.webhook_url.clone()));
+    assert_eq!(of("payments"), Some((Money(500 * USD), Some("http://hooks/payments".into()))));
+    // The label-scoped 10.00 does not cover a whole team; the organisation's does.
+    assert_eq!(of("search"), Some((Money(900 * USD), Some("http://hooks/org".into()))));
+    assert_eq!(team_budget(&policies[1..], "search"), None);
 }
 
 #[test]
@@ -137,6 +155,8 @@ fn errors_name_the_field() {
         ("[budget]\nmonthly = \"lots\"", "budget.monthly: \"lots\" is not an amount (like \"2500.00\")"),
         ("[budget]\nmonthly = 2500", "budget.monthly: invalid type: integer `2500`, expected a string"),
         ("[budget]\nmonthly = \"0\"", "budget.monthly: must be more than 0"),
+        ("[budget]\nmonthly = \"1\"\nwebhook_url = \"ftp://x\"", "budget.webhook_url: must be an http:// or https:// URL"),
+        ("[budget]\nmonthly = \"1\"\nwebhook_url = \"https://\"", "budget.webhook_url: must be an http:// or https:// URL"),
         ("[spot]\nmin_on_demand = 5000", "spot.min_on_demand: must be at most 1000"),
         (
             "[spot]\nservice = true",

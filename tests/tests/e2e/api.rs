@@ -140,7 +140,6 @@ async fn openapi_document_lists_every_route() -> anyhow::Result<()> {
         "/v1/reports/utilization",
         "/v1/reports/savings",
         "/v1/reports/budgets",
-        "/v1/teams/{team}/budget",
         "/v1/cost-policy",
         "/v1/artifacts/{sha256}",
         "/v1/agent/artifacts/{sha256}",
