@@ -100,7 +100,7 @@ impl Store {
         Ok(rows)
     }
 
-    /// The teams (one or all, by name) that their policies give a budget.
+    /// The teams (one or all) that their policies give a budget, by name.
     async fn budget_settings(&self, team: Option<Uuid>) -> Result<Vec<BudgetSetting>> {
         let policies = self.current_policies().await?;
         let teams: Vec<(Uuid, String, Option<NaiveDate>)> = sqlx::query_as(
