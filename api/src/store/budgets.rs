@@ -182,10 +182,10 @@ impl Store {
                     "INSERT INTO team_budgets (team_id, over_month) VALUES ($1, $2)
                      ON CONFLICT (team_id) DO UPDATE SET over_month = $2, updated_at = now()",
                 )
-                    .bind(setting.team_id)
-                    .bind(month)
-                    .execute(&mut *tx)
-                    .await?;
+                .bind(setting.team_id)
+                .bind(month)
+                .execute(&mut *tx)
+                .await?;
                 let payload = serde_json::json!({"kind": "budget.forecast_over", "detail": detail});
                 sqlx::query("INSERT INTO budget_alerts (team_id, month, payload, webhook_url) VALUES ($1, $2, $3, $4)")
                     .bind(setting.team_id)

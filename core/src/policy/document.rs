@@ -277,7 +277,8 @@ impl PolicyDocument {
             }
             if let Some(url) = &budget.webhook_url {
                 let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
-                if rest.is_none_or(|host| host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace)) {
+                if rest.is_none_or(|host| host.is_empty() || host.starts_with('/') || url.contains(char::is_whitespace))
+                {
                     return Err(PolicyError::new("budget.webhook_url", "must be an http:// or https:// URL"));
                 }
             }

@@ -88,7 +88,9 @@ fn a_complete_document_parses() {
 #[test]
 fn a_team_budget_is_the_strictest_org_or_team_budget() {
     let budget = |name: &str, scope: &str, monthly: &str| {
-        policy(&format!("name = \"{name}\"\nscope = {scope}\n[budget]\nmonthly = \"{monthly}\"\nwebhook_url = \"http://hooks/{name}\"\n"))
+        policy(&format!(
+            "name = \"{name}\"\nscope = {scope}\n[budget]\nmonthly = \"{monthly}\"\nwebhook_url = \"http://hooks/{name}\"\n"
+        ))
     };
     let policies = vec![
         budget("org", "\"org\"", "900"),
@@ -155,8 +157,14 @@ fn errors_name_the_field() {
         ("[budget]\nmonthly = \"lots\"", "budget.monthly: \"lots\" is not an amount (like \"2500.00\")"),
         ("[budget]\nmonthly = 2500", "budget.monthly: invalid type: integer `2500`, expected a string"),
         ("[budget]\nmonthly = \"0\"", "budget.monthly: must be more than 0"),
-        ("[budget]\nmonthly = \"1\"\nwebhook_url = \"ftp://x\"", "budget.webhook_url: must be an http:// or https:// URL"),
-        ("[budget]\nmonthly = \"1\"\nwebhook_url = \"https://\"", "budget.webhook_url: must be an http:// or https:// URL"),
+        (
+            "[budget]\nmonthly = \"1\"\nwebhook_url = \"ftp://x\"",
+            "budget.webhook_url: must be an http:// or https:// URL",
+        ),
+        (
+            "[budget]\nmonthly = \"1\"\nwebhook_url = \"https://\"",
+            "budget.webhook_url: must be an http:// or https:// URL",
+        ),
         ("[spot]\nmin_on_demand = 5000", "spot.min_on_demand: must be at most 1000"),
         (
             "[spot]\nservice = true",
