@@ -184,13 +184,9 @@ async fn run_once(cgroups: &Cgroups, oci: &OciRuntime, dir: &Path, parent: &Path
     };
     let paths = TaskPaths::new(dir, parent, &assignment.task_id);
     let container = assignment.task_id.to_string();
-    // The runtime runs in the task's cgroup (made with the limits, joined before exec, as the
-    // agent does) and puts the container in a cgroup below it. Not in the task's cgroup itself:
-    // when the container exits, `crun run` destroys the container's cgroup and first SIGKILLs
-    // every process still in it, which would be crun itself (the run then ends in SIGKILL,
-    // or, with the freezer, stays frozen).
-    let bundle_paths = TaskPaths { cgroup: paths.cgroup.join("container"), ..paths.clone() };
-    runtime::prepare_bundle(&bundle_paths, image, &argv(image), &BTreeMap::new(), "bench").expect("bundle");
+    // As the agent does: the runtime runs in the task's cgroup (made with the limits, joined
+    // before exec), and the container stays there.
+    runtime::prepare_bundle(&paths, image, &argv(image), &BTreeMap::new(), "bench").expect("bundle");
     let program = oci.binary.display().to_string();
     let args = oci.run_args(&paths, &container);
     let invocation = Invocation { program: &program, args: &args };

@@ -3,8 +3,8 @@
 //! Each task gets a bundle in its sandbox: a writable overlay (`upper/`) over the image's
 //! shared, read-only unpacked root (`rootfs/`), and a generated `config.json`. The runtime runs
 //! in the foreground as the task's process (so supervision, logs and re-adoption are those of
-//! process tasks) and puts the container into the task's own cgroup, whose limits the agent
-//! has already written. The container shares the machine's network, as tasks do, so the ports
+//! process tasks); the container stays in the task's own cgroup, whose limits the agent has
+//! already written (crun runs with cgroup management off, runc is given it as cgroupsPath). The container shares the machine's network, as tasks do, so the ports
 //! the agent allocated work unchanged; it gets its own pid, mount, ipc and uts namespaces.
 
 use super::{Image, ImageError, RunConfig};
@@ -34,25 +34,34 @@ impl OciRuntime {
         crun.or_else(|| find_in_path("runc")).map(|binary| OciRuntime { binary, state })
     }
 
+    /// The options every call takes: the state directory and, for crun, no cgroup management.
+    /// The agent starts the runtime inside the task's cgroup (joined before exec, limits already
+    /// set), so the container stays there. Left to manage that cgroup itself, crun kills every
+    /// process in it when the container exits, itself included, and the task's exit status
+    /// would be lost to a SIGKILL.
+    fn global_args(&self) -> Vec<String> {
+        let mut args = vec!["--root".into(), self.state.display().to_string()];
+        if self.name() == "crun" {
+            args.push("--cgroup-manager=disabled".into());
+        }
+        args
+    }
+
     pub fn name(&self) -> String {
         self.binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     /// The command line that runs the task's container in the foreground.
     pub fn run_args(&self, paths: &TaskPaths, container: &str) -> Vec<String> {
-        vec![
-            "--root".into(),
-            self.state.display().to_string(),
-            "run".into(),
-            "--bundle".into(),
-            bundle(paths).display().to_string(),
-            container.into(),
-        ]
+        let mut args = self.global_args();
+        args.extend(["run".into(), "--bundle".into(), bundle(paths).display().to_string(), container.into()]);
+        args
     }
 
     /// The command line that runs `argv` inside the task's running container (command checks).
     pub fn exec_args(&self, container: &str, argv: &[String]) -> Vec<String> {
-        let mut args = vec!["--root".into(), self.state.display().to_string(), "exec".into(), container.into()];
+        let mut args = self.global_args();
+        args.extend(["exec".into(), container.into()]);
         args.extend(argv.iter().cloned());
         args
     }
@@ -60,7 +69,8 @@ impl OciRuntime {
     /// Removes what is left of the container (runtime state, its overlay). Idempotent.
     pub async fn remove(&self, paths: &TaskPaths, container: &str) {
         let deleted = tokio::process::Command::new(&self.binary)
-            .args(["--root", &self.state.display().to_string(), "delete", "--force", container])
+            .args(self.global_args())
+            .args(["delete", "--force", container])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()

@@ -198,6 +198,17 @@ async fn images_are_pulled_from_a_registry_and_run_in_their_cgroups() -> anyhow:
     }
     stack.developer.call(Method::DELETE, "/v1/apps/web", None).await?.ok()?;
 
+    // A container that exits ends its task with its own exit status (the runtime leaves the
+    // task's cgroup alone, so it does not kill itself with the container).
+    let once = format!(
+        "name = \"once\"\nimage = \"{image}\"\ncommand = \"/bin/sh\"\nargs = [\"-c\", \"test -f /www/index.html\"]\n\
+         [image_auth]\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+         [resources]\ncpu = 100\nmemory = \"32Mi\"\n[job]\nretries = 0\n"
+    );
+    stack.deploy(&once).await?;
+    let ended = ended_task(&stack, "once").await?;
+    assert_eq!(ended["state"], "exited", "the image job's container exits 0: {ended:#}");
+
     // Each way a pull can go wrong fails the task with a reason that says which.
     let wrong_password = failure(&stack, "badauth", &image_spec("badauth", &image, "wrong", 1)).await?;
     assert!(wrong_password.contains("refused the credentials"), "{wrong_password}");
